@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""Inference for llama2.c checkpoints in Python + Numba: the command line of run.c.
+
+    python run.py model.bin [-t temperature] [-p topp] [-s seed] [-n steps]
+                  [-i prompt] [-z tokenizer] [-m generate|chat] [-y system_prompt]
+                  [--fastmath | --no-fastmath] [--threads N]
+
+With --no-fastmath, stdout is byte-identical to llama2.c's run.c built with gcc -O3.
+"""
+
+import os
+import re
+import sys
+import time
+
+USAGE = """\
+Usage:   python run.py <checkpoint> [options]
+Example: python run.py model.bin -n 256 -i "Once upon a time"
+Options:
+  -t <float>  temperature in [0,inf], default 1.0
+  -p <float>  p value in top-p (nucleus) sampling in [0,1] default 0.9
+  -s <int>    random seed, default time(NULL)
+  -n <int>    number of steps to run for, default 256. 0 = max_seq_len
+  -i <string> input prompt
+  -z <string> optional path to custom tokenizer
+  -m <string> mode: generate|chat, default: generate
+  -y <string> (optional) system prompt in chat mode
+  --fastmath, --no-fastmath
+              fast math on (default; like gcc -Ofast) or off (bit-exact with gcc -O3)
+  --threads <int>
+              1 = serial kernels (a plain gcc build); N > 1 = N threads (the
+              OpenMP build); default: all cores. Output does not depend on it.
+  --no-mmap   read the checkpoint into memory instead of mapping it
+  -h, --help  show this help
+"""
+
+
+class UsageError(Exception):
+    """Bad command line; the message names the flag."""
+
+
+# ----------------------------------------------------------------------------
+# command line (parsed before numba is imported: it decides the compile mode)
+
+_INT = re.compile(r"[+-]?\d+\Z")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity)\Z", re.I)
+
+
+def _int(flag, s):
+    if not _INT.match(s.strip()):
+        raise UsageError(f"{flag} expects an integer, got {s!r}")
+    v = int(s)
+    if not -2**31 <= v < 2**31:
+        raise UsageError(f"{flag} {s} is out of range for an int")
+    return v
+
+
+def _float(flag, s):
+    if not _FLOAT.match(s.strip()):
+        raise UsageError(f"{flag} expects a number, got {s!r}")
+    return float(s)
+
+
+def parse_args(argv):
+    """Options as a dict, with run.c's defaults; raises UsageError."""
+    o = dict(checkpoint=None, temperature=1.0, topp=0.9, seed=0, steps=256, prompt=None,
+             tokenizer="tokenizer.bin", mode="generate", system_prompt=None,
+             fastmath="on", threads=0, mmap=True, help=False)
+    short = {"-t": ("temperature", _float), "-p": ("topp", _float), "-s": ("seed", _int),
+             "-n": ("steps", _int), "-i": ("prompt", None), "-z": ("tokenizer", None),
+             "-m": ("mode", None), "-y": ("system_prompt", None)}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            o["help"] = True
+        elif a == "--fastmath":
+            o["fastmath"] = "on"
+        elif a == "--no-fastmath":
+            o["fastmath"] = "off"
+        elif a.startswith("--fastmath="):
+            v = a.split("=", 1)[1]
+            if v not in ("off", "unsafe", "on"):
+                raise UsageError(f"--fastmath={v}: expected off, unsafe or on")
+            o["fastmath"] = v
+        elif a == "--no-mmap":
+            o["mmap"] = False
+        elif a == "--threads" or a.startswith("--threads="):
+            if "=" in a:
+                v = a.split("=", 1)[1]
+            else:
+                i += 1
+                if i == len(argv):
+                    raise UsageError("--threads needs a value")
+                v = argv[i]
+            n = _int("--threads", v)
+            if n < 1:
+                raise UsageError(f"--threads must be at least 1, got {n}")
+            o["threads"] = n
+        elif a in short:
+            if i + 1 == len(argv):
+                raise UsageError(f"{a} needs a value")
+            key, conv = short[a]
+            i += 1
+            o[key] = conv(a, argv[i]) if conv else argv[i]
+        elif a.startswith("-") and a != "-":
+            raise UsageError(f"unknown option {a}")
+        elif o["checkpoint"] is None:
+            o["checkpoint"] = a
+        else:
+            raise UsageError(f"unexpected argument {a!r} (the checkpoint is {o['checkpoint']!r})")
+        i += 1
+    if o["mode"] not in ("generate", "chat"):
+        raise UsageError(f"unknown mode: {o['mode']} (-m generate|chat)")
+    return o
+
+
+def _set_compile_mode(argv):
+    """Pass --fastmath/--threads to model.py through the environment (before it is imported)."""
+    try:
+        o = parse_args(argv)
+    except UsageError:
+        return  # reported by main()
+    os.environ["LLAMA2_FASTMATH"] = o["fastmath"]
+    os.environ["LLAMA2_THREADS"] = str(o["threads"] or os.cpu_count() or 1)
+
+
+if __name__ == "__main__":
+    _set_compile_mode(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+
+import model  # noqa: E402
+from model import kernel  # noqa: E402
+from tokenizer import BOS, EOS, Tokenizer, TokenizerError, printable  # noqa: E402
+
+# ----------------------------------------------------------------------------
+# the xorshift* random number generator (64-bit state)
+
+_M64 = (1 << 64) - 1
+
+
+def random_u32(state):
+    """(new state, output): xorshift then the high 32 bits of state * 0x2545F4914F6CDD1D."""
+    state ^= state >> 12
+    state ^= (state << 25) & _M64
+    state ^= state >> 27
+    return state, ((state * 0x2545F4914F6CDD1D) & _M64) >> 32
+
+
+def random_f32(state):
+    """(new state, a float32 in [0, 1)) from the top 24 bits of random_u32."""
+    state, u = random_u32(state)
+    return state, np.float32((u >> 8) / 16777216.0)  # exact: 24 bits over 2^24
+
+
+# ----------------------------------------------------------------------------
+# sampling kernels (probabilities in float32, sums sequential as in run.c)
+
+@kernel
+def sample_argmax(probabilities):
+    """Index of the largest value; the first one on ties."""
+    max_i = 0
+    max_p = probabilities[0]
+    for i in range(1, probabilities.shape[0]):
+        if probabilities[i] > max_p:
+            max_i = i
+            max_p = probabilities[i]
+    return max_i
+
+
+@kernel
+def temperature_softmax(logits, temperature):
+    """logits = softmax(logits / temperature), in place."""
+    for i in range(logits.shape[0]):
+        logits[i] /= temperature
+    model.softmax(logits)
+
+
+@kernel
+def sample_mult(probabilities, coin):
+    """First index whose running sum exceeds coin in [0, 1); the last on rounding."""
+    cdf = np.float32(0.0)
+    n = probabilities.shape[0]
+    for i in range(n):
+        cdf += probabilities[i]
+        if coin < cdf:
+            return i
+    return n - 1
+
+
+@kernel
+def sample_topp(probabilities, topp, coin):
+    """Sample among the smallest set of most likely tokens whose mass exceeds topp.
+
+    Tokens under (1 - topp) / (n - 1) cannot be in that set and are dropped
+    before sorting; the sort is stable (like glibc's merge-sort qsort).
+    """
+    n = probabilities.shape[0]
+    cutoff = (np.float32(1.0) - topp) / np.float32(n - 1)
+    n0 = 0
+    for i in range(n):
+        if probabilities[i] >= cutoff:
+            n0 += 1
+    index = np.empty(n0, np.int64)
+    neg = np.empty(n0, np.float32)
+    k = 0
+    for i in range(n):
+        if probabilities[i] >= cutoff:
+            index[k] = i
+            neg[k] = -probabilities[i]
+            k += 1
+    order = np.argsort(neg, kind="mergesort")
+    cumulative = np.float32(0.0)
+    last = n0 - 1
+    for r in range(n0):
+        cumulative += probabilities[index[order[r]]]
+        if cumulative > topp:
+            last = r
+            break
+    target = coin * cumulative
+    cdf = np.float32(0.0)
+    for r in range(last + 1):
+        cdf += probabilities[index[order[r]]]
+        if target < cdf:
+            return index[order[r]]
+    return index[order[last]]
+
+
+class Sampler:
+    """run.c's Sampler: greedy at temperature 0, else multinomial or top-p."""
+
+    def __init__(self, vocab_size, temperature, topp, rng_seed):
+        self.vocab_size = vocab_size
+        self.temperature = np.float32(temperature)
+        self.topp = np.float32(topp)
+        self.rng_state = rng_seed
+
+    def sample(self, logits):
+        """Next token id from logits (overwritten with probabilities when sampling)."""
+        if self.temperature == 0:
+            return int(sample_argmax(logits))
+        temperature_softmax(logits, self.temperature)
+        self.rng_state, coin = random_f32(self.rng_state)
+        if self.topp <= 0 or self.topp >= 1:
+            return int(sample_mult(logits, coin))
+        return int(sample_topp(logits, self.topp, coin))
+
+
+# ----------------------------------------------------------------------------
+# generation and chat loops
+
+def write(piece):
+    out = sys.stdout.buffer
+    out.write(printable(piece))
+    out.flush()
+
+
+def warm_up(transformer, sampler):
+    """Compile (or load from the disk cache) every kernel; returns seconds taken.
+
+    The throwaway forward writes the cache row of position 0, which the real
+    position 0 overwrites before reading it.
+    """
+    t0 = time.perf_counter()
+    logits = transformer.forward(0, 0).copy()
+    sample_argmax(logits)
+    temperature_softmax(logits, np.float32(1.0))
+    sample_mult(logits, np.float32(0.5))
+    sample_topp(logits, np.float32(0.9), np.float32(0.5))
+    return time.perf_counter() - t0
+
+
+def generate(transformer, tokenizer, sampler, prompt, steps):
+    """run.c's generate: feed the prompt, then sample until steps or BOS."""
+    prompt_tokens = tokenizer.encode(prompt or b"", bos=True, eos=False)
+    start = None
+    token = prompt_tokens[0]
+    pos = 0
+    while pos < steps:
+        logits = transformer.forward(token, pos)
+        if pos < len(prompt_tokens) - 1:
+            next_token = prompt_tokens[pos + 1]
+        else:
+            next_token = sampler.sample(logits)
+        pos += 1
+        if next_token == BOS:
+            break
+        write(tokenizer.decode(token, next_token))
+        token = next_token
+        if start is None:
+            start = time.perf_counter()
+    write(b"\n")
+    if pos > 1 and start is not None:
+        seconds = time.perf_counter() - start
+        tok_s = (pos - 1) / seconds if seconds > 0 else float("inf")
+        print("achieved tok/s: %f" % tok_s, file=sys.stderr)
+        gb = transformer.bytes_per_token * tok_s / 1e9
+        print("weights read: %.1f MB/token, %.2f GB/s" % (transformer.bytes_per_token / 1e6, gb),
+              file=sys.stderr)
+
+
+def read_stdin(guide):
+    """Print guide, read one line (at most 511 bytes, like fgets into 512) without its newline.
+
+    None at end of input.
+    """
+    write(guide.encode())
+    line = sys.stdin.buffer.readline(511)
+    if not line:
+        return None
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, steps):
+    """run.c's chat loop with the Llama 2 chat template; ends at steps or end of input."""
+    user_turn = True
+    next_token = token = 0
+    prompt_tokens, user_idx = [], 0
+    system_prompt = b""
+    pos = 0
+    while pos < steps:
+        if user_turn:
+            if pos == 0:
+                if cli_system_prompt is None:
+                    system_prompt = read_stdin("Enter system prompt (optional): ") or b""
+                else:
+                    system_prompt = cli_system_prompt
+            if pos == 0 and cli_user_prompt is not None:
+                user_prompt = cli_user_prompt
+            else:
+                user_prompt = read_stdin("User: ")
+                if user_prompt is None:
+                    break  # end of input ends the conversation
+            if pos == 0 and system_prompt:
+                rendered = (b"[INST] <<SYS>>\n" + system_prompt + b"\n<</SYS>>\n\n"
+                            + user_prompt + b" [/INST]")
+            else:
+                rendered = b"[INST] " + user_prompt + b" [/INST]"
+            prompt_tokens = tokenizer.encode(rendered, bos=True, eos=False)
+            user_idx = 0
+            user_turn = False
+            write(b"Assistant: ")
+
+        if user_idx < len(prompt_tokens):
+            token = prompt_tokens[user_idx]
+            user_idx += 1
+        else:
+            token = next_token
+        if token == EOS:
+            user_turn = True
+
+        logits = transformer.forward(token, pos)
+        next_token = sampler.sample(logits)
+        pos += 1
+
+        if user_idx >= len(prompt_tokens) and next_token != EOS:
+            write(tokenizer.decode(token, next_token))
+        if next_token == EOS:
+            write(b"\n")
+    write(b"\n")
+
+
+# ----------------------------------------------------------------------------
+# main
+
+class Runner:
+    """A checkpoint loaded for run.py: forward(token, pos) plus what the timing lines need."""
+
+    def __init__(self, path, mmap):
+        self.transformer = model.Transformer(path, mmap=mmap)
+        self.config = self.transformer.config
+        self.bytes_per_token = model.weight_bytes_per_token(self.config, self.transformer.weights)
+        self.forward = self.transformer.forward
+
+
+def error(msg):
+    print(f"run.py: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv):
+    try:
+        o = parse_args(argv)
+    except UsageError as e:
+        return error(f"{e} (see python run.py -h)")
+    if o["help"]:
+        sys.stdout.write(USAGE)
+        return 0
+    if o["checkpoint"] is None:
+        sys.stderr.write(USAGE)
+        return 1
+
+    # run.c's clamps
+    seed = o["seed"] % 2**64  # atoi's int lands in an unsigned long long: -1 wraps
+    if seed == 0:
+        seed = int(time.time()) & 0xFFFFFFFF
+    temperature = np.float32(o["temperature"])
+    topp = np.float32(o["topp"])
+    if temperature < 0:
+        temperature = np.float32(0.0)
+    if topp < 0 or topp > 1:
+        topp = np.float32(0.9)
+    steps = max(o["steps"], 0)
+
+    try:
+        runner = Runner(o["checkpoint"], o["mmap"])
+        p = runner.config
+        if steps == 0 or steps > p.seq_len:
+            steps = p.seq_len
+        tok = Tokenizer(o["tokenizer"], p.vocab_size)
+    except (model.CheckpointError, TokenizerError) as e:
+        return error(str(e))
+    sampler = Sampler(p.vocab_size, temperature, topp, seed)
+    prompt = os.fsencode(o["prompt"]) if o["prompt"] is not None else None
+    system_prompt = os.fsencode(o["system_prompt"]) if o["system_prompt"] is not None else None
+
+    seconds = warm_up(runner, sampler)
+    print(f"compile: {seconds:.2f} s (fastmath {model.FASTMATH}, {model.THREADS} "
+          f"thread{'s' if model.THREADS > 1 else ''}, cache {model.CACHE_DIR})", file=sys.stderr)
+    try:
+        if o["mode"] == "generate":
+            generate(runner, tok, sampler, prompt, steps)
+        else:
+            chat(runner, tok, sampler, prompt, system_prompt, steps)
+    except TokenizerError as e:
+        return error(str(e))
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. | head): stop quietly
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,221 @@
+"""run.py end to end in subprocesses: generate, chat, modes, and every kind of bad input."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from checkpoints import MAGIC, random_weights, write_checkpoint, write_tokenizer
+from conftest import ROOT
+
+RUN = os.path.join(ROOT, "run.py")
+VOCAB = 400
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    w = random_weights(32, 64, 2, 4, 2, VOCAB, 64, shared=False, seed=4, scale=0.1)
+    return {
+        "dir": d,
+        "model": str(write_checkpoint(d / "model.bin", w)),
+        "model_v1": str(write_checkpoint(d / "model_v1.bin", w, version=1)),
+        "tok": str(write_tokenizer(d / "tok.bin", VOCAB)),
+        "tok_small": str(write_tokenizer(d / "tok_small.bin", VOCAB - 50)),
+    }
+
+
+def run_py(*args, stdin=b"", env=None, cwd=None):
+    r = subprocess.run([sys.executable, RUN, *map(str, args)], input=stdin, capture_output=True,
+                       timeout=300, env=dict(os.environ, **(env or {})), cwd=cwd)
+    return r.returncode, r.stdout, r.stderr.decode(errors="replace")
+
+
+def strict(f, *args, **kw):
+    return run_py(f["model"], "-z", f["tok"], *args, "--no-fastmath", "--threads", "1", **kw)
+
+
+# ---- generate ----------------------------------------------------------------
+
+def test_generate_echoes_the_prompt_and_reports_speed(files):
+    rc, out, err = strict(files, "-s", "7", "-n", "40", "-i", "Once upon a time")
+    assert rc == 0, err
+    assert out.startswith(b"Once upon a time") and out.endswith(b"\n")
+    assert "achieved tok/s: " in err
+
+
+def test_same_seed_same_text_and_shorter_runs_are_prefixes(files):
+    _, long_out, _ = strict(files, "-s", "11", "-n", "60", "-t", "0.9")
+    _, again, _ = strict(files, "-s", "11", "-n", "60", "-t", "0.9")
+    _, short, _ = strict(files, "-s", "11", "-n", "20", "-t", "0.9")
+    _, other, _ = strict(files, "-s", "12", "-n", "60", "-t", "0.9")
+    assert long_out == again
+    assert long_out.startswith(short[:-1])
+    assert other != long_out
+
+
+def test_v0_and_v1_checkpoints_print_the_same_text(files):
+    a = run_py(files["model"], "-z", files["tok"], "-s", "3", "-n", "50", "--no-fastmath", "--threads", "1")
+    b = run_py(files["model_v1"], "-z", files["tok"], "-s", "3", "-n", "50", "--no-fastmath", "--threads", "1")
+    assert a[0] == b[0] == 0 and a[1] == b[1]
+
+
+@pytest.mark.parametrize("fastmath", ["--no-fastmath", "--fastmath"])
+def test_output_does_not_depend_on_thread_count(files, fastmath):
+    outs = set()
+    for threads in (1, 2, 3):
+        rc, out, err = run_py(files["model"], "-z", files["tok"], "-s", "5", "-n", "64", "-t", "1.0",
+                              fastmath, "--threads", threads)
+        assert rc == 0, err
+        outs.add(out)
+    assert len(outs) == 1
+
+
+def test_prompt_longer_than_the_context_is_cut_at_steps(files):
+    prompt = "the little dog saw a big red ball " * 20  # far more tokens than seq_len 64
+    rc, out, err = strict(files, "-i", prompt, "-n", "0")
+    assert rc == 0, err
+    from tokenizer import Tokenizer
+    ids = Tokenizer(files["tok"], VOCAB).encode(prompt)[:65]  # seq_len positions print ids[1:65]
+    assert len(ids) == 65
+    assert out == b"".join(Tokenizer(files["tok"], VOCAB).decode(a, b) for a, b in zip(ids, ids[1:])) + b"\n"
+
+
+def test_help_prints_usage(files):
+    rc, out, _ = run_py("-h")
+    assert rc == 0 and b"Usage:" in out and b"--no-fastmath" in out
+
+
+def test_no_arguments_prints_usage_and_fails():
+    rc, out, err = run_py()
+    assert rc != 0 and "Usage:" in err and "Traceback" not in err
+
+
+def test_second_start_loads_every_kernel_from_the_disk_cache(files, tmp_path):
+    env = {"LLAMA2_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    rc, out1, _ = strict(files, "-n", "8", env=env)  # numba prints its cache log on stdout
+    assert rc == 0 and b"data saved" in out1
+    rc, out2, _ = strict(files, "-n", "8", env=env)
+    assert rc == 0 and b"data loaded" in out2 and b"data saved" not in out2
+    assert os.listdir(tmp_path) == ["off-serial-host"]  # one cache per mode
+
+
+def test_fast_and_strict_modes_keep_separate_caches(files, tmp_path):
+    env = {"LLAMA2_CACHE_DIR": str(tmp_path)}
+    for flag in ("--fastmath", "--no-fastmath"):
+        assert run_py(files["model"], "-z", files["tok"], "-n", "4", flag, "--threads", "1", env=env)[0] == 0
+    assert sorted(os.listdir(tmp_path)) == ["off-serial-host", "on-serial-host"]
+
+
+# ---- chat --------------------------------------------------------------------
+
+def test_chat_reads_system_and_user_prompts_from_stdin_and_ends_at_end_of_input(files):
+    rc, out, err = strict(files, "-m", "chat", "-s", "9", "-n", "64", stdin=b"be kind\nhello dog\n")
+    assert rc == 0, err
+    assert out.startswith(b"Enter system prompt (optional): User: Assistant: ")
+    assert "Traceback" not in err
+
+
+def test_chat_with_prompts_on_the_command_line(files):
+    rc, out, err = strict(files, "-m", "chat", "-y", "be kind", "-i", "hello", "-n", "64", "-s", "2")
+    assert rc == 0, err
+    assert out.startswith(b"Assistant: ")
+    assert b"Enter system prompt" not in out
+
+
+# ---- bad input: one line on stderr, non-zero exit, no traceback ---------------
+
+def _bad(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def one_line_error(rc, err, *needles):
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-q", "1"], "-q"),
+    (["-t", "hot"], "-t"),
+    (["-t", "nan"], "-t"),
+    (["-n", "1.5"], "-n"),
+    (["-s", "abc"], "-s"),
+    (["-p", ""], "-p"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "two"], "--threads"),
+    (["-m", "poem"], "poem"),
+    (["-n"], "-n"),
+    (["--fastmath=maybe"], "--fastmath"),
+])
+def test_bad_flags(files, args, needle):
+    rc, _, err = run_py(files["model"], "-z", files["tok"], *args)
+    one_line_error(rc, err, needle)
+
+
+def test_missing_checkpoint(files, tmp_path):
+    rc, _, err = run_py(tmp_path / "nope.bin", "-z", files["tok"])
+    one_line_error(rc, err, "nope.bin")
+
+
+def test_checkpoint_is_a_directory(files, tmp_path):
+    rc, _, err = run_py(tmp_path, "-z", files["tok"])
+    one_line_error(rc, err, str(tmp_path))
+
+
+def test_truncated_checkpoint(files, tmp_path):
+    data = open(files["model"], "rb").read()
+    rc, _, err = run_py(_bad(tmp_path, "cut.bin", data[:-100]), "-z", files["tok"])
+    one_line_error(rc, err, "cut.bin", "truncated")
+
+
+def test_checkpoint_with_trailing_garbage(files, tmp_path):
+    data = open(files["model"], "rb").read()
+    rc, _, err = run_py(_bad(tmp_path, "long.bin", data + b"\0" * 8), "-z", files["tok"])
+    one_line_error(rc, err, "long.bin")
+
+
+@pytest.mark.parametrize("header, needle", [
+    (b"", "too short"),
+    (b"\x01\x02", "too short"),
+    (struct.pack("<7i", 0, 0, 0, 0, 0, 0, 0), "dim"),
+    (struct.pack("<7i", 30, 64, 2, 4, 4, 100, 64), "multiple of n_heads"),
+    (struct.pack("<7i", 32, 64, 2, 4, 3, 100, 64), "n_kv_heads"),
+    (struct.pack("<7i", 32, 64, -2, 4, 4, 100, 64), "n_layers"),
+    (struct.pack("<7i", 2**30, 2**30, 2**30, 1, 1, 2**30, 2**30), "truncated"),  # no overflow
+    (struct.pack("<Ii", MAGIC, 7) + bytes(248), "version 7"),
+    (struct.pack("<Ii", MAGIC, 1) + bytes(8), "too short"),
+])
+def test_nonsensical_headers(files, tmp_path, header, needle):
+    rc, _, err = run_py(_bad(tmp_path, "bad.bin", header), "-z", files["tok"])
+    one_line_error(rc, err, "bad.bin", needle)
+
+
+def test_int8_checkpoint_is_recognised(files, tmp_path):
+    hdr = struct.pack("<Ii7iBi", MAGIC, 2, 32, 64, 2, 4, 4, VOCAB, 64, 1, 32)
+    path = _bad(tmp_path, "q80.bin", hdr + bytes(256 - len(hdr)) + bytes(1000))
+    rc, _, err = run_py(path, "-z", files["tok"])
+    assert "q80.bin" in err and "Traceback" not in err and rc != 0
+
+
+def test_tokenizer_shorter_than_the_vocabulary(files):
+    rc, _, err = run_py(files["model"], "-z", files["tok_small"])
+    one_line_error(rc, err, "tok_small.bin", str(VOCAB))
+
+
+def test_missing_tokenizer(files, tmp_path):
+    rc, _, err = run_py(files["model"], cwd=tmp_path)  # default tokenizer.bin is not there
+    one_line_error(rc, err, "tokenizer.bin")
+
+
+def test_garbage_tokenizer(files, tmp_path):
+    path = _bad(tmp_path, "tok.bin", struct.pack("<ifi", 10, 0.0, 2**30) + b"ab")
+    rc, _, err = run_py(files["model"], "-z", path)
+    one_line_error(rc, err, "tok.bin")

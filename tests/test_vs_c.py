@@ -1,0 +1,83 @@
+"""Byte-for-byte against llama2.c itself, when a build of it is at hand.
+
+Set LLAMA2C_DIR to a directory holding `run` (gcc -O3 build of run.c) to run
+these; they are skipped otherwise (CI has no llama2.c: its code is never
+committed here). See README "Checking against llama2.c".
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from checkpoints import random_weights, write_checkpoint, write_tokenizer
+from conftest import ROOT, SHARED_MODELS
+
+C_DIR = os.environ.get("LLAMA2C_DIR", "")
+RUN_C = os.path.join(C_DIR, "run")
+pytestmark = pytest.mark.skipif(not os.access(RUN_C, os.X_OK), reason="set LLAMA2C_DIR to a llama2.c build")
+
+LLAMA_TOKENIZER = os.path.join(SHARED_MODELS, "tokenizer.bin")
+STORIES260K = os.path.join(SHARED_MODELS, "stories260K.bin")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vs_c")
+    tok512 = write_tokenizer(d / "tok512.bin", 512)
+    out = {
+        "r512-gqa-unshared-flat": (write_checkpoint(d / "a.bin", random_weights(64, 172, 3, 8, 4, 512, 256, shared=False, seed=5, scale=0.05)), tok512),
+        "r512-unshared-v0": (write_checkpoint(d / "b.bin", random_weights(48, 128, 2, 6, 2, 512, 128, shared=False,
+                                                                          seed=6, scale=0.1)), tok512),
+        "r512-mqa-sharp": (write_checkpoint(d / "c.bin", random_weights(32, 80, 2, 4, 1, 512, 96, seed=8, scale=0.6)), tok512),
+    }
+    if os.path.exists(STORIES260K):
+        out["stories260K"] = (STORIES260K, tok512)
+    if os.path.exists(LLAMA_TOKENIZER):
+        out["r32000"] = (write_checkpoint(d / "d.bin", random_weights(64, 172, 2, 8, 4, 32000, 128, seed=9, scale=0.1)),
+                         LLAMA_TOKENIZER)
+    return out
+
+
+CASES = [
+    ["-t", "0", "-n", "0"],
+    ["-s", "42", "-n", "200", "-i", "Once upon a time, the little dog"],
+    ["-t", "0.8", "-p", "0.95", "-s", "7", "-n", "120", "-i", "Hello  world\u00e9 \u65e5\u672c \U0001f999 123"],
+    ["-t", "1.0", "-p", "1.0", "-s", "3", "-n", "90"],
+    ["-t", "1.3", "-p", "0.5", "-s", "99", "-n", "128", "-i", "the ball"],
+    ["-t", "0.5", "-p", "0", "-s", "12345", "-n", "64"],
+    ["-t", "-2", "-p", "7", "-s", "-5", "-n", "-3"],  # clamps
+    ["-s", "2", "-n", "5", "-i", "a much longer prompt than the five steps allowed here"],
+]
+
+
+def _run(cmd, stdin=None):
+    r = subprocess.run(cmd, capture_output=True, input=stdin, timeout=300)
+    return r.returncode, r.stdout
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "r512-unshared-v0", "r512-mqa-sharp", "stories260K", "r32000"])
+def test_generate_matches_c(models, name, case):
+    if name not in models:
+        pytest.skip(f"{name} needs ../shared/models")
+    ckpt, tok = models[name]
+    args = [str(ckpt), "-z", str(tok)] + CASES[case]
+    c_rc, c_out = _run([RUN_C] + args)
+    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"])
+    assert (py_rc, py_out) == (c_rc, c_out)
+
+
+@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "stories260K", "r32000"])
+def test_chat_matches_c(models, name):
+    if name not in models:
+        pytest.skip(f"{name} needs ../shared/models")
+    ckpt, tok = models[name]
+    # run.c loops on its last line when stdin ends, so give it enough turns to use every step
+    stdin = ("You are a dog.\nhello there\n" + "tell me more\n" * 40).encode()
+    args = [str(ckpt), "-z", str(tok), "-m", "chat", "-s", "5", "-n", "256", "-t", "0.9"]
+    c_rc, c_out = _run([RUN_C] + args, stdin)
+    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"],
+                         stdin)
+    assert (py_rc, py_out) == (c_rc, c_out)
