@@ -277,15 +277,119 @@ def softmax(x):
         x[i] /= total
 
 
+# Strict matmuls work on blocks of 8 output rows: each row is still one
+# sequential sum over j (so the result stays exact), but the 8 independent sums
+# interleave, hiding the add latency that makes a lone strict dot product slow
+# (1.6-2.3x measured). With fast math LLVM vectorizes a single row's sum, and
+# one row at a time measured best (benchmarks/RESULTS.md).
+ROWS = 8 if FASTMATH == "off" else 1
+
+
+@kernel
+def _row(xout, x, w, i):
+    """xout[i] = sum_j w[i, j] * x[j]."""
+    val = np.float32(0.0)
+    for j in range(w.shape[1]):
+        val += w[i, j] * x[j]
+    xout[i] = val
+
+
+@kernel
+def _rows8(xout, x, w, i):
+    """xout[i:i+8] = w[i:i+8] @ x, eight interleaved sequential sums."""
+    v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = np.float32(0.0)
+    for j in range(w.shape[1]):
+        xj = x[j]
+        v0 += w[i, j] * xj
+        v1 += w[i + 1, j] * xj
+        v2 += w[i + 2, j] * xj
+        v3 += w[i + 3, j] * xj
+        v4 += w[i + 4, j] * xj
+        v5 += w[i + 5, j] * xj
+        v6 += w[i + 6, j] * xj
+        v7 += w[i + 7, j] * xj
+    xout[i] = v0
+    xout[i + 1] = v1
+    xout[i + 2] = v2
+    xout[i + 3] = v3
+    xout[i + 4] = v4
+    xout[i + 5] = v5
+    xout[i + 6] = v6
+    xout[i + 7] = v7
+
+
+@kernel
+def _block(xout, x, w, b):
+    """Rows b*ROWS .. b*ROWS+ROWS-1 of xout = w @ x (fewer at the end)."""
+    i = b * ROWS
+    if ROWS == 1:
+        _row(xout, x, w, i)
+    elif i + ROWS <= w.shape[0]:
+        _rows8(xout, x, w, i)
+    else:
+        for r in range(i, w.shape[0]):
+            _row(xout, x, w, r)
+
+
+@kernel
+def n_blocks(d):
+    return (d + ROWS - 1) // ROWS
+
+
 @pkernel
 def matmul(xout, x, w):
-    """xout[i] = sum_j w[i, j] * x[j]; W (d, n) @ x (n,) -> xout (d,), rows in parallel."""
-    d, n = w.shape
-    for i in prange(d):
-        val = np.float32(0.0)
-        for j in range(n):
-            val += w[i, j] * x[j]
-        xout[i] = val
+    """xout = w @ x: W (d, n) @ x (n,) -> xout (d,), blocks of rows in parallel."""
+    for b in prange(n_blocks(w.shape[0])):
+        _block(xout, x, w, b)
+
+
+@pkernel
+def matmul_qkv(q, k, v, x, wq, wk, wv):
+    """q = wq @ x, k = wk @ x, v = wv @ x in one parallel loop (one fork/join, not three)."""
+    nq = n_blocks(wq.shape[0])
+    nk = n_blocks(wk.shape[0])
+    for b in prange(nq + 2 * nk):
+        if b < nq:
+            _block(q, x, wq, b)
+        elif b < nq + nk:
+            _block(k, x, wk, b - nq)
+        else:
+            _block(v, x, wv, b - nq - nk)
+
+
+@pkernel
+def matmul2(h1, h3, x, w1, w3):
+    """h1 = w1 @ x and h3 = w3 @ x in one parallel loop."""
+    nb = n_blocks(w1.shape[0])
+    for b in prange(2 * nb):
+        if b < nb:
+            _block(h1, x, w1, b)
+        else:
+            _block(h3, x, w3, b - nb)
+
+
+@kernel
+def silu_mul(a, b):
+    """silu(a) * b, silu(a) = a * (1 / (1 + exp(-a)))."""
+    one = np.float32(1.0)
+    return a * (one / (one + np.exp(-a))) * b
+
+
+@kernel
+def swiglu(hb, hb2):
+    """hb = silu(hb) * hb2."""
+    for i in range(hb.shape[0]):
+        hb[i] = silu_mul(hb[i], hb2[i])
+
+
+@pkernel
+def ffn_up(hb, hb2, x, w1, w3):
+    """hb = silu(w1 @ x) * (w3 @ x): matmul2 and swiglu fused, block by block."""
+    for b in prange(n_blocks(w1.shape[0])):
+        _block(hb, x, w1, b)
+        _block(hb2, x, w3, b)
+        for i in range(b * ROWS, min(b * ROWS + ROWS, hb.shape[0])):
+            hb[i] = silu_mul(hb[i], hb2[i])
 
 
 @kernel
@@ -308,35 +412,64 @@ def rope(q, k, pos, head_size):
             k[i + 1] = k0 * fci + k1 * fcr
 
 
-@pkernel
-def attention(xb, att, q, key_cache, value_cache, pos, n_heads, head_size, kv_mul):
-    """Per head h: att = softmax(q_h . k_t / sqrt(head_size)), xb_h = sum_t att[t] v_t."""
+# Attention, per head h (kv head h // kv_mul), over positions 0..pos:
+# scores, softmax, weighted sum of values. `attention` runs all three per head
+# in one parallel loop; the profiler runs them as three loops to time each.
+
+@kernel
+def head_scores(att, q, key_cache, h, pos, head_size, kv_mul):
+    """att[h, t] = (q_h . k_t) / sqrt(head_size) for t = 0..pos."""
+    # slices rather than offset indexing: numba then knows every index is in
+    # range from zero and the dot products vectorize (2-5x measured)
+    qh = q[h * head_size:(h + 1) * head_size]
+    ko = (h // kv_mul) * head_size
     scale = np.sqrt(np.float32(head_size))
-    for h in prange(n_heads):
-        qo = h * head_size
-        ko = (h // kv_mul) * head_size
-        a = att[h]
-        for t in range(pos + 1):
-            score = np.float32(0.0)
-            for i in range(head_size):
-                score += q[qo + i] * key_cache[t, ko + i]
-            a[t] = score / scale
-        softmax(a[:pos + 1])
+    for t in range(pos + 1):
+        kt = key_cache[t, ko:ko + head_size]
+        score = np.float32(0.0)
         for i in range(head_size):
-            xb[qo + i] = np.float32(0.0)
-        for t in range(pos + 1):
-            w = a[t]
-            for i in range(head_size):
-                xb[qo + i] += w * value_cache[t, ko + i]
+            score += qh[i] * kt[i]
+        att[h, t] = score / scale
 
 
 @kernel
-def swiglu(hb, hb2):
-    """hb = silu(hb) * hb2, silu(x) = x * (1 / (1 + exp(-x)))."""
-    one = np.float32(1.0)
-    for i in range(hb.shape[0]):
-        v = hb[i]
-        hb[i] = v * (one / (one + np.exp(-v))) * hb2[i]
+def head_values(xb, att, value_cache, h, pos, head_size, kv_mul):
+    """xb_h = sum_t att[h, t] * v_t, accumulated t by t from zero."""
+    xh = xb[h * head_size:(h + 1) * head_size]
+    ko = (h // kv_mul) * head_size
+    xh[:] = np.float32(0.0)
+    for t in range(pos + 1):
+        a = att[h, t]
+        vt = value_cache[t, ko:ko + head_size]
+        for i in range(head_size):
+            xh[i] += a * vt[i]
+
+
+@pkernel
+def attention(xb, att, q, key_cache, value_cache, pos, head_size, kv_mul):
+    """Multi-head attention, heads in parallel."""
+    for h in prange(att.shape[0]):
+        head_scores(att, q, key_cache, h, pos, head_size, kv_mul)
+        softmax(att[h, :pos + 1])
+        head_values(xb, att, value_cache, h, pos, head_size, kv_mul)
+
+
+@pkernel
+def attention_scores(att, q, key_cache, pos, head_size, kv_mul):
+    for h in prange(att.shape[0]):
+        head_scores(att, q, key_cache, h, pos, head_size, kv_mul)
+
+
+@pkernel
+def attention_softmax(att, pos):
+    for h in prange(att.shape[0]):
+        softmax(att[h, :pos + 1])
+
+
+@pkernel
+def attention_values(xb, att, value_cache, pos, head_size, kv_mul):
+    for h in prange(att.shape[0]):
+        head_values(xb, att, value_cache, h, pos, head_size, kv_mul)
 
 
 @kernel
@@ -352,8 +485,7 @@ def accum(a, b):
 @kernel
 def forward(p, w, s, token, pos):
     """Run one token at position pos through the model; the logits land in s.logits."""
-    dim = p.dim
-    head_size = dim // p.n_heads
+    head_size = p.dim // p.n_heads
     kv_mul = p.n_heads // p.n_kv_heads
     x = s.x
     x[:] = w.token_embedding_table[token]
@@ -365,16 +497,13 @@ def forward(p, w, s, token, pos):
         # q, k, v for this position; k and v go straight into the cache row
         k = s.key_cache[l, pos]
         v = s.value_cache[l, pos]
-        matmul(s.q, s.xb, w.wq[l])
-        matmul(k, s.xb, w.wk[l])
-        matmul(v, s.xb, w.wv[l])
+        matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
 
         # RoPE relative positional encoding
         rope(s.q, k, pos, head_size)
 
         # multi-head attention over positions 0..pos
-        attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos,
-                  p.n_heads, head_size, kv_mul)
+        attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
 
         # output projection and residual
         matmul(s.xb2, s.xb, w.wo[l])
@@ -382,15 +511,65 @@ def forward(p, w, s, token, pos):
 
         # ffn: w2(silu(w1(x)) * w3(x)) and residual
         rmsnorm(s.xb, x, w.rms_ffn_weight[l])
-        matmul(s.hb, s.xb, w.w1[l])
-        matmul(s.hb2, s.xb, w.w3[l])
-        swiglu(s.hb, s.hb2)
+        ffn_up(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
         matmul(s.xb, s.hb, w.w2[l])
         accum(x, s.xb)
 
     # final rmsnorm and classifier
     rmsnorm(x, x, w.rms_final_weight)
     matmul(s.logits, x, w.wcls)
+
+
+@kernel
+def embed(x, table, token):
+    """x = table[token]."""
+    x[:] = table[token]
+
+
+def forward_profiled(p, w, s, token, pos, tick):
+    """forward() driven from Python, one kernel call at a time, for the profiler.
+
+    Same kernels, same arithmetic (the logits are bit-identical); after each
+    step tick(name) charges the time since the previous tick to that row.
+    """
+    head_size = p.dim // p.n_heads
+    kv_mul = p.n_heads // p.n_kv_heads
+    x = s.x
+    embed(x, w.token_embedding_table, token)
+    tick("embedding")
+    for l in range(p.n_layers):
+        rmsnorm(s.xb, x, w.rms_att_weight[l])
+        tick("rmsnorm")
+        k = s.key_cache[l, pos]
+        v = s.value_cache[l, pos]
+        matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
+        tick("q/k/v matmul")
+        rope(s.q, k, pos, head_size)
+        tick("RoPE")
+        attention_scores(s.att, s.q, s.key_cache[l], pos, head_size, kv_mul)
+        tick("attention scores")
+        attention_softmax(s.att, pos)
+        tick("attention softmax")
+        attention_values(s.xb, s.att, s.value_cache[l], pos, head_size, kv_mul)
+        tick("attention weighted sum")
+        matmul(s.xb2, s.xb, w.wo[l])
+        tick("output projection")
+        accum(x, s.xb2)
+        tick("residual")
+        rmsnorm(s.xb, x, w.rms_ffn_weight[l])
+        tick("rmsnorm")
+        matmul2(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
+        tick("w1/w3 matmul")
+        swiglu(s.hb, s.hb2)
+        tick("SwiGLU")
+        matmul(s.xb, s.hb, w.w2[l])
+        tick("w2 matmul")
+        accum(x, s.xb)
+        tick("residual")
+    rmsnorm(x, x, w.rms_final_weight)
+    tick("rmsnorm")
+    matmul(s.logits, x, w.wcls)
+    tick("classifier")
 
 
 class Transformer:
@@ -400,8 +579,13 @@ class Transformer:
         self.path = checkpoint_path
         self.config, self.weights, self.version = read_checkpoint(checkpoint_path, mmap=mmap)
         self.state = malloc_run_state(self.config)
+        self.bytes_per_token = weight_bytes_per_token(self.config, self.weights)
 
     def forward(self, token, pos):
         """Logits (a view of the run state, overwritten by the next call)."""
         forward(self.config, self.weights, self.state, token, pos)
+        return self.state.logits
+
+    def forward_profiled(self, token, pos, tick):
+        forward_profiled(self.config, self.weights, self.state, token, pos, tick)
         return self.state.logits

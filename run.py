@@ -31,6 +31,8 @@ Options:
               1 = serial kernels (a plain gcc build); N > 1 = N threads (the
               OpenMP build); default: all cores. Output does not depend on it.
   --no-mmap   read the checkpoint into memory instead of mapping it
+  --profile [table|json]
+              after generating, print per-kernel times to stderr
   -h, --help  show this help
 """
 
@@ -65,7 +67,7 @@ def parse_args(argv):
     """Options as a dict, with run.c's defaults; raises UsageError."""
     o = dict(checkpoint=None, temperature=1.0, topp=0.9, seed=0, steps=256, prompt=None,
              tokenizer="tokenizer.bin", mode="generate", system_prompt=None,
-             fastmath="on", threads=0, mmap=True, help=False)
+             fastmath="on", threads=0, mmap=True, profile=None, help=False)
     short = {"-t": ("temperature", _float), "-p": ("topp", _float), "-s": ("seed", _int),
              "-n": ("steps", _int), "-i": ("prompt", None), "-z": ("tokenizer", None),
              "-m": ("mode", None), "-y": ("system_prompt", None)}
@@ -85,6 +87,11 @@ def parse_args(argv):
             o["fastmath"] = v
         elif a == "--no-mmap":
             o["mmap"] = False
+        elif a == "--profile":
+            o["profile"] = "table"
+            if i + 1 < len(argv) and argv[i + 1] in ("table", "json"):
+                i += 1
+                o["profile"] = argv[i]
         elif a == "--threads" or a.startswith("--threads="):
             if "=" in a:
                 v = a.split("=", 1)[1]
@@ -112,6 +119,8 @@ def parse_args(argv):
         i += 1
     if o["mode"] not in ("generate", "chat"):
         raise UsageError(f"unknown mode: {o['mode']} (-m generate|chat)")
+    if o["profile"] and o["mode"] == "chat":
+        raise UsageError("--profile works in generate mode only")
     return o
 
 
@@ -190,41 +199,63 @@ def sample_mult(probabilities, coin):
 
 
 @kernel
-def sample_topp(probabilities, topp, coin):
+def sort_by_prob_desc(index, n, probabilities, scratch, counts):
+    """Sort index[:n] by probabilities[index] descending, stably (equal ones keep index order).
+
+    A least-significant-digit radix sort over the float bits, three 11-bit
+    digits: for positive floats bit order is value order, and each pass is
+    stable, so this orders exactly like run.c's qsort (glibc's merge sort),
+    in linear time. The result is left in index.
+    """
+    bits = probabilities.view(np.uint32)
+    src, dst = index, scratch
+    for shift in (0, 11, 22):
+        counts[:] = 0
+        for r in range(n):
+            counts[0x7FF - ((bits[src[r]] >> shift) & 0x7FF)] += 1  # 0x7FF - d: descending
+        total = 0
+        for d in range(2048):
+            c = counts[d]
+            counts[d] = total
+            total += c
+        for r in range(n):
+            d = 0x7FF - ((bits[src[r]] >> shift) & 0x7FF)
+            dst[counts[d]] = src[r]
+            counts[d] += 1
+        src, dst = dst, src
+    index[:n] = src[:n]  # three passes leave the result in scratch
+
+
+@kernel
+def sample_topp(probabilities, topp, coin, index, scratch, counts):
     """Sample among the smallest set of most likely tokens whose mass exceeds topp.
 
     Tokens under (1 - topp) / (n - 1) cannot be in that set and are dropped
-    before sorting; the sort is stable (like glibc's merge-sort qsort).
+    before sorting. index, scratch (int32, n) and counts (int64, 2048) are
+    preallocated work buffers.
     """
     n = probabilities.shape[0]
     cutoff = (np.float32(1.0) - topp) / np.float32(n - 1)
     n0 = 0
     for i in range(n):
         if probabilities[i] >= cutoff:
+            index[n0] = i
             n0 += 1
-    index = np.empty(n0, np.int64)
-    neg = np.empty(n0, np.float32)
-    k = 0
-    for i in range(n):
-        if probabilities[i] >= cutoff:
-            index[k] = i
-            neg[k] = -probabilities[i]
-            k += 1
-    order = np.argsort(neg, kind="mergesort")
+    sort_by_prob_desc(index, n0, probabilities, scratch, counts)
     cumulative = np.float32(0.0)
     last = n0 - 1
     for r in range(n0):
-        cumulative += probabilities[index[order[r]]]
+        cumulative += probabilities[index[r]]
         if cumulative > topp:
             last = r
             break
     target = coin * cumulative
     cdf = np.float32(0.0)
     for r in range(last + 1):
-        cdf += probabilities[index[order[r]]]
+        cdf += probabilities[index[r]]
         if target < cdf:
-            return index[order[r]]
-    return index[order[last]]
+            return index[r]
+    return index[last]
 
 
 class Sampler:
@@ -235,6 +266,9 @@ class Sampler:
         self.temperature = np.float32(temperature)
         self.topp = np.float32(topp)
         self.rng_state = rng_seed
+        self.index = np.zeros(vocab_size, np.int32)  # top-p work buffers (run.c's probindex)
+        self.scratch = np.zeros(vocab_size, np.int32)
+        self.counts = np.zeros(2048, np.int64)
 
     def sample(self, logits):
         """Next token id from logits (overwritten with probabilities when sampling)."""
@@ -244,7 +278,88 @@ class Sampler:
         self.rng_state, coin = random_f32(self.rng_state)
         if self.topp <= 0 or self.topp >= 1:
             return int(sample_mult(logits, coin))
-        return int(sample_topp(logits, self.topp, coin))
+        return int(sample_topp(logits, self.topp, coin, self.index, self.scratch, self.counts))
+
+
+# ----------------------------------------------------------------------------
+# per-kernel profiler
+
+class Profiler:
+    """Charges wall time between tick() calls to named rows, with FLOPs and bytes per call."""
+
+    def __init__(self, p):
+        self.p = p
+        self.rows = {}  # name -> [calls, seconds, flops, bytes]
+        self.pos = 0
+        self.last = time.perf_counter()
+
+    def start(self, pos):
+        self.pos = pos
+        self.last = time.perf_counter()
+
+    def tick(self, name):
+        now = time.perf_counter()
+        row = self.rows.get(name)
+        if row is None:
+            row = self.rows[name] = [0, 0.0, 0, 0]
+        flops, nbytes = self.cost(name)
+        row[0] += 1
+        row[1] += now - self.last
+        row[2] += flops
+        row[3] += nbytes
+        self.last = now
+
+    def cost(self, name):
+        """(floating-point operations, bytes of weights or KV cache read) of one call."""
+        p, t = self.p, self.pos + 1
+        dim, hid, kv = p.dim, p.hidden_dim, p.kv_dim
+        return {
+            "embedding": (0, dim * 4),
+            "rmsnorm": (3 * dim, dim * 4),
+            "q/k/v matmul": (2 * dim * (dim + 2 * kv), 4 * dim * (dim + 2 * kv)),
+            "RoPE": (6 * (dim + kv), 0),
+            "attention scores": (2 * t * dim, 4 * t * kv),
+            "attention softmax": (3 * t * p.n_heads, 0),
+            "attention weighted sum": (2 * t * dim, 4 * t * kv),
+            "output projection": (2 * dim * dim, 4 * dim * dim),
+            "residual": (dim, 0),
+            "w1/w3 matmul": (4 * dim * hid, 8 * dim * hid),
+            "SwiGLU": (5 * hid, 0),
+            "w2 matmul": (2 * dim * hid, 4 * dim * hid),
+            "classifier": (2 * dim * p.vocab_size, 4 * dim * p.vocab_size),
+        }.get(name, (0, 0))
+
+    def report(self, tokens, seconds, plain_tok_s):
+        """The table (or its JSON) as a dict: rows, totals and the profiling overhead."""
+        total = sum(r[1] for r in self.rows.values())
+        rows = []
+        for name, (calls, sec, flops, nbytes) in sorted(self.rows.items(), key=lambda kv: -kv[1][1]):
+            rows.append(dict(kernel=name, calls=calls, total_ms=sec * 1e3, share=sec / total,
+                             us_per_call=sec / calls * 1e6,
+                             gflops=flops / sec / 1e9 if sec else 0.0,
+                             gbytes=nbytes / sec / 1e9 if sec else 0.0))
+        return dict(tokens=tokens, measured_ms=seconds * 1e3, rows_ms=total * 1e3,
+                    ms_per_token=seconds / tokens * 1e3 if tokens else 0.0,
+                    tok_s_profiled=tokens / seconds if seconds else 0.0,
+                    tok_s_plain=plain_tok_s, rows=rows)
+
+
+def print_profile(r, fmt, file=sys.stderr):
+    if fmt == "json":
+        import json
+        print(json.dumps(r, indent=1), file=file)
+        return
+    print(f"\nper-kernel profile over {r['tokens']} tokens (the first, with JIT warm-up, left out)", file=file)
+    print(f"{'kernel':<24}{'calls':>8}{'total ms':>11}{'share':>8}{'us/call':>10}{'GFLOP/s':>9}{'GB/s':>8}",
+          file=file)
+    for row in r["rows"]:
+        print(f"{row['kernel']:<24}{row['calls']:>8}{row['total_ms']:>11.2f}{row['share']:>8.1%}"
+              f"{row['us_per_call']:>10.2f}{row['gflops']:>9.2f}{row['gbytes']:>8.2f}", file=file)
+    overhead = r["tok_s_plain"] / r["tok_s_profiled"] - 1 if r["tok_s_profiled"] else 0.0
+    print(f"{'sum of rows':<24}{'':>8}{r['rows_ms']:>11.2f}   (measured {r['measured_ms']:.2f} ms, "
+          f"{r['ms_per_token']:.3f} ms/token)", file=file)
+    print(f"tok/s: {r['tok_s_profiled']:.2f} profiled, {r['tok_s_plain']:.2f} without profiling "
+          f"(overhead {overhead:+.1%})", file=file)
 
 
 # ----------------------------------------------------------------------------
@@ -267,29 +382,45 @@ def warm_up(transformer, sampler):
     sample_argmax(logits)
     temperature_softmax(logits, np.float32(1.0))
     sample_mult(logits, np.float32(0.5))
-    sample_topp(logits, np.float32(0.9), np.float32(0.5))
+    sample_topp(logits, np.float32(0.9), np.float32(0.5), sampler.index, sampler.scratch, sampler.counts)
     return time.perf_counter() - t0
 
 
-def generate(transformer, tokenizer, sampler, prompt, steps):
-    """run.c's generate: feed the prompt, then sample until steps or BOS."""
+def generate(transformer, tokenizer, sampler, prompt, steps, profiler=None):
+    """run.c's generate: feed the prompt, then sample until steps or BOS.
+
+    Returns the tokens fed at positions 0, 1, ... (for the profiler's replay).
+    """
     prompt_tokens = tokenizer.encode(prompt or b"", bos=True, eos=False)
+    forward = transformer.forward
+    tick = lambda name: None  # noqa: E731
+    if profiler is not None:
+        tick = profiler.tick
+        forward = lambda token, pos: transformer.forward_profiled(token, pos, tick)  # noqa: E731
+    fed = []
     start = None
     token = prompt_tokens[0]
     pos = 0
     while pos < steps:
-        logits = transformer.forward(token, pos)
+        if profiler is not None:
+            profiler.start(pos)
+        logits = forward(token, pos)
+        fed.append(token)
         if pos < len(prompt_tokens) - 1:
             next_token = prompt_tokens[pos + 1]
         else:
             next_token = sampler.sample(logits)
+        tick("sampling")
         pos += 1
         if next_token == BOS:
             break
         write(tokenizer.decode(token, next_token))
+        tick("decoding")
         token = next_token
         if start is None:
             start = time.perf_counter()
+            if profiler is not None:
+                profiler.rows.clear()  # the first step is left out, as in tok/s
     write(b"\n")
     if pos > 1 and start is not None:
         seconds = time.perf_counter() - start
@@ -298,6 +429,21 @@ def generate(transformer, tokenizer, sampler, prompt, steps):
         gb = transformer.bytes_per_token * tok_s / 1e9
         print("weights read: %.1f MB/token, %.2f GB/s" % (transformer.bytes_per_token / 1e6, gb),
               file=sys.stderr)
+        if profiler is not None:
+            profiler.seconds = seconds
+    return fed
+
+
+def replay(transformer, tokenizer, sampler, fed):
+    """Tokens per second of the plain forward on the same tokens (the profiler's baseline)."""
+    start = None
+    for pos, token in enumerate(fed):
+        logits = transformer.forward(token, pos)
+        nxt = sampler.sample(logits)
+        tokenizer.decode(token, nxt)
+        if start is None:
+            start = time.perf_counter()
+    return (len(fed) - 1) / (time.perf_counter() - start) if len(fed) > 1 else 0.0
 
 
 def read_stdin(guide):
@@ -364,16 +510,6 @@ def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, st
 # ----------------------------------------------------------------------------
 # main
 
-class Runner:
-    """A checkpoint loaded for run.py: forward(token, pos) plus what the timing lines need."""
-
-    def __init__(self, path, mmap):
-        self.transformer = model.Transformer(path, mmap=mmap)
-        self.config = self.transformer.config
-        self.bytes_per_token = model.weight_bytes_per_token(self.config, self.transformer.weights)
-        self.forward = self.transformer.forward
-
-
 def error(msg):
     print(f"run.py: error: {msg}", file=sys.stderr)
     return 1
@@ -404,7 +540,7 @@ def main(argv):
     steps = max(o["steps"], 0)
 
     try:
-        runner = Runner(o["checkpoint"], o["mmap"])
+        runner = model.Transformer(o["checkpoint"], mmap=o["mmap"])
         p = runner.config
         if steps == 0 or steps > p.seq_len:
             steps = p.seq_len
@@ -419,7 +555,13 @@ def main(argv):
     print(f"compile: {seconds:.2f} s (fastmath {model.FASTMATH}, {model.THREADS} "
           f"thread{'s' if model.THREADS > 1 else ''}, cache {model.CACHE_DIR})", file=sys.stderr)
     try:
-        if o["mode"] == "generate":
+        if o["mode"] == "generate" and o["profile"]:
+            profiler = Profiler(p)
+            fed = generate(runner, tok, sampler, prompt, steps, profiler)
+            if len(fed) > 1:
+                plain = replay(runner, tok, Sampler(p.vocab_size, temperature, topp, seed), fed)
+                print_profile(profiler.report(len(fed) - 1, profiler.seconds, plain), o["profile"])
+        elif o["mode"] == "generate":
             generate(runner, tok, sampler, prompt, steps)
         else:
             chat(runner, tok, sampler, prompt, system_prompt, steps)

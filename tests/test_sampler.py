@@ -8,6 +8,12 @@ import run
 F = np.float32
 
 
+def topp(probs, p, coin):
+    n = probs.shape[0]
+    return run.sample_topp(probs, F(p), F(coin), np.zeros(n, np.int32), np.zeros(n, np.int32),
+                           np.zeros(2048, np.int64))
+
+
 def xorshift_star_reference(seed, n):
     """The generator of SPEC section 4 written with numpy uint64 (wrapping) arithmetic."""
     s = np.array([seed], dtype=np.uint64)
@@ -65,14 +71,14 @@ def test_top_p_keeps_the_smallest_set_above_p(coin, expected):
     # cutoff (1 - 0.6) / 4 = 0.1 drops token 0; sorted: 1 (0.4), 3 (0.3), 4 (0.15), 2 (0.1)
     # running sum 0.4, 0.7 > 0.6 -> keep tokens 1 and 3; r = coin * 0.7; 0.4 / 0.7 = 0.5714
     probs = np.array([0.05, 0.4, 0.1, 0.3, 0.15], F)
-    assert run.sample_topp(probs, F(0.6), F(coin)) == expected
+    assert topp(probs, 0.6, coin) == expected
 
 
 def test_top_p_sort_is_stable_on_equal_probabilities():
     # equal probabilities keep index order (glibc's qsort is a stable merge sort here)
     probs = np.array([0.3, 0.2, 0.3, 0.2], F)
-    assert run.sample_topp(probs, F(0.5), F(0.4)) == 0  # r = 0.24 < 0.3
-    assert run.sample_topp(probs, F(0.5), F(0.6)) == 2  # r = 0.36 in [0.3, 0.6)
+    assert topp(probs, 0.5, 0.4) == 0  # r = 0.24 < 0.3
+    assert topp(probs, 0.5, 0.6) == 2  # r = 0.36 in [0.3, 0.6)
 
 
 def test_top_p_only_ever_returns_the_nucleus():
@@ -82,7 +88,7 @@ def test_top_p_only_ever_returns_the_nucleus():
     probs = (probs / probs.sum()).astype(F)
     order = np.argsort(-probs, kind="stable")
     nucleus = set(order[:np.searchsorted(np.cumsum(probs[order]), 0.8, side="right") + 1].tolist())
-    seen = {run.sample_topp(probs, F(0.8), F(c)) for c in rng.random(3000)}
+    seen = {topp(probs, 0.8, c) for c in rng.random(3000)}
     assert seen <= nucleus and len(seen) > len(nucleus) // 2
 
 
@@ -116,3 +122,16 @@ def test_temperature_softmax_sums_to_one_and_matches_numpy():
     assert probs.dtype == F
     assert abs(float(probs.astype(np.float64).sum()) - 1) < 1e-4
     np.testing.assert_allclose(probs, ref, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 32000])
+def test_radix_sort_orders_like_a_stable_descending_sort(n):
+    rng = np.random.default_rng(n)
+    probs = rng.random(n).astype(F) ** 8  # many magnitudes, all positive
+    probs[rng.integers(0, n, n // 3)] = probs[0]  # plenty of ties
+    keep = np.flatnonzero(probs >= np.median(probs)).astype(np.int32)
+    index = np.zeros(n, np.int32)
+    index[:keep.size] = keep
+    run.sort_by_prob_desc(index, keep.size, probs, np.zeros(n, np.int32), np.zeros(2048, np.int64))
+    expected = keep[np.argsort(-probs[keep], kind="stable")]
+    assert np.array_equal(index[:keep.size], expected)
