@@ -71,6 +71,7 @@ if PARALLEL:
 _fm = FASTMATH_FLAGS[FASTMATH]
 kernel = njit(cache=True, fastmath=_fm, nogil=True)  # serial kernels and glue
 pkernel = njit(cache=True, fastmath=_fm, nogil=True, parallel=PARALLEL)  # prange kernels
+inline = njit(cache=True, fastmath=_fm, nogil=True, inline="always")  # hot helpers, inlined by numba
 
 # ----------------------------------------------------------------------------
 # Transformer, TransformerWeights and RunState
@@ -95,6 +96,24 @@ TransformerWeights = namedtuple("TransformerWeights", [
     "wcls",  # (vocab_size, dim)   the token embedding itself when shared
 ])
 
+TransformerWeightsQ8 = namedtuple("TransformerWeightsQ8", [
+    # runq.c's layout: every matrix a pair (q int8 (rows, cols), s float32 (rows, cols // group_size)),
+    # value q[r, c] * s[r, c // group_size]; the per-layer ones are tuples over layers
+    "token_embedding_table",  # (vocab_size, dim) float32, dequantized at load
+    "rms_att_weight",  # (n_layers, dim)
+    "rms_ffn_weight",  # (n_layers, dim)
+    "wq",  # n_layers x ((dim, dim), (dim, dim // gs))
+    "wk",  # n_layers x ((kv_dim, dim), ...)
+    "wv",  # n_layers x ((kv_dim, dim), ...)
+    "wo",  # n_layers x ((dim, dim), ...)
+    "w1",  # n_layers x ((hidden_dim, dim), ...)
+    "w2",  # n_layers x ((dim, hidden_dim), ...)
+    "w3",  # n_layers x ((hidden_dim, dim), ...)
+    "rms_final_weight",  # (dim,)
+    "wcls",  # ((vocab_size, dim), (vocab_size, dim // gs)), the token table's when shared
+    "group_size",  # int
+])
+
 RunState = namedtuple("RunState", [
     "x",  # (dim,) activation at the current position
     "xb",  # (dim,) same, inside a residual branch
@@ -106,19 +125,23 @@ RunState = namedtuple("RunState", [
     "logits",  # (vocab_size,) output
     "key_cache",  # (n_layers, seq_len, kv_dim); k for position pos is written in place
     "value_cache",  # (n_layers, seq_len, kv_dim); likewise v
+    "xq",  # (max(dim, hidden_dim),) int8: the activation entering an int8 matmul
+    "xs",  # (max(dim, hidden_dim) // group_size,) its scales (int8 models only; else empty)
 ])
 
 
-def malloc_run_state(p):
+def malloc_run_state(p, group_size=0):
     """Every activation buffer, allocated once; forward() allocates nothing."""
     f32 = np.float32
+    nq = max(p.dim, p.hidden_dim) if group_size else 0
     return RunState(
         x=np.zeros(p.dim, f32), xb=np.zeros(p.dim, f32), xb2=np.zeros(p.dim, f32),
         hb=np.zeros(p.hidden_dim, f32), hb2=np.zeros(p.hidden_dim, f32),
         q=np.zeros(p.dim, f32), att=np.zeros((p.n_heads, p.seq_len), f32),
         logits=np.zeros(p.vocab_size, f32),
         key_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
-        value_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32))
+        value_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
+        xq=np.zeros(nq, np.int8), xs=np.zeros(nq // group_size if group_size else 0, f32))
 
 
 # ----------------------------------------------------------------------------
@@ -208,15 +231,16 @@ def _layout(version, p, shared):
 
 
 def read_checkpoint(path, mmap=True):
-    """Config, TransformerWeights (views into one flat array) and the version.
+    """Config, weights (views into one flat array) and the version.
+
+    Versions 0 and 1 give TransformerWeights, version 2 TransformerWeightsQ8.
 
     mmap=True maps the file read-only (opens files larger than RAM, shares pages
     between processes); mmap=False reads it into memory with np.fromfile.
     """
     version, p, shared, group_size, header_bytes, size = read_header(path)
     if version == 2:
-        raise CheckpointError(f"checkpoint {path} is format version 2 (int8, group size {group_size}); "
-                              "int8 inference is not supported yet: use an fp32 (version 0 or 1) export")
+        return p, _read_q8(path, p, shared, group_size, header_bytes, size, mmap), version
     layout = _layout(version, p, shared)
     n_floats = sum(int(np.prod(shape)) for _, shape in layout)
     expected = header_bytes + 4 * n_floats
@@ -239,10 +263,61 @@ def read_checkpoint(path, mmap=True):
     return p, w, version
 
 
+def _read_q8(path, p, shared, gs, header_bytes, size, mmap):
+    """TransformerWeightsQ8 of a version-2 file: per-layer (int8 values, float32 scales) views."""
+    L, dim, hid, kv, vocab = p.n_layers, p.dim, p.hidden_dim, p.kv_dim, p.vocab_size
+    mats = [("wq", dim, dim), ("wk", kv, dim), ("wv", kv, dim), ("wo", dim, dim),
+            ("w1", hid, dim), ("w2", dim, hid), ("w3", hid, dim)]
+    qbytes = lambda rows, cols: rows * cols + rows * cols // gs * 4  # noqa: E731
+    expected = (header_bytes + 4 * (2 * L * dim + dim) + qbytes(vocab, dim)
+                + sum(L * qbytes(r, c) for _, r, c in mats) + (0 if shared else qbytes(vocab, dim)))
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header describes"
+        raise CheckpointError(f"checkpoint {path} is {size} bytes but its header (format version 2, "
+                              f"group size {gs}, {p}) needs {expected}: the file is {what}")
+    if mmap:
+        raw = np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))
+    else:
+        raw = np.fromfile(path, dtype=np.uint8)
+    off = header_bytes
+
+    def floats(n, shape):
+        nonlocal off
+        a = raw[off:off + 4 * n].view("<f4").reshape(shape)
+        off += 4 * n
+        return a
+
+    def quantized(rows, cols):
+        nonlocal off
+        q = raw[off:off + rows * cols].view(np.int8).reshape(rows, cols)
+        off += rows * cols
+        return q, floats(rows * cols // gs, (rows, cols // gs))
+
+    t = {"rms_att_weight": floats(L * dim, (L, dim)), "rms_ffn_weight": floats(L * dim, (L, dim)),
+         "rms_final_weight": floats(dim, (dim,))}
+    tokens = quantized(vocab, dim)
+    for name, rows, cols in mats:
+        t[name] = tuple(quantized(rows, cols) for _ in range(L))
+    t["wcls"] = tokens if shared else quantized(vocab, dim)
+    # dequantized once for the row lookup; float32(int8) * scale, one rounding, as runq.c
+    q, sc = tokens
+    t["token_embedding_table"] = (q.reshape(vocab, dim // gs, gs).astype(np.float32)
+                                  * sc[:, :, None]).reshape(vocab, dim)
+    t["group_size"] = gs
+    return TransformerWeightsQ8(**t)
+
 def weight_bytes_per_token(p, w):
     """Bytes of weights one forward pass reads: every matrix once, one embedding row."""
-    total = sum(a.nbytes for name, a in w._asdict().items() if name != "token_embedding_table")
-    return total + p.dim * 4
+    arrays = []
+    for name, a in w._asdict().items():
+        if name in ("token_embedding_table", "group_size"):
+            continue
+        arrays += _leaves(a)
+    return sum(a.nbytes for a in arrays) + p.dim * 4
+
+
+def _leaves(a):
+    return [a] if isinstance(a, np.ndarray) else [x for item in a for x in _leaves(item)]
 
 
 # ----------------------------------------------------------------------------
@@ -282,10 +357,10 @@ def softmax(x):
 # interleave, hiding the add latency that makes a lone strict dot product slow
 # (1.6-2.3x measured). With fast math LLVM vectorizes a single row's sum, and
 # one row at a time measured best (benchmarks/RESULTS.md).
-ROWS = 8 if FASTMATH == "off" else 1
+ROWS = 8 if FASTMATH == "off" else 4
 
 
-@kernel
+@inline
 def _row(xout, x, w, i):
     """xout[i] = sum_j w[i, j] * x[j]."""
     val = np.float32(0.0)
@@ -294,7 +369,26 @@ def _row(xout, x, w, i):
     xout[i] = val
 
 
-@kernel
+@inline
+def _rows4(xout, x, w, i):
+    """xout[i:i+4] = w[i:i+4] @ x, four interleaved sums."""
+    v0 = np.float32(0.0)
+    v1 = np.float32(0.0)
+    v2 = np.float32(0.0)
+    v3 = np.float32(0.0)
+    for j in range(w.shape[1]):
+        xj = x[j]
+        v0 += w[i, j] * xj
+        v1 += w[i + 1, j] * xj
+        v2 += w[i + 2, j] * xj
+        v3 += w[i + 3, j] * xj
+    xout[i] = v0
+    xout[i + 1] = v1
+    xout[i + 2] = v2
+    xout[i + 3] = v3
+
+
+@inline
 def _rows8(xout, x, w, i):
     """xout[i:i+8] = w[i:i+8] @ x, eight interleaved sequential sums."""
     v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = np.float32(0.0)
@@ -318,14 +412,15 @@ def _rows8(xout, x, w, i):
     xout[i + 7] = v7
 
 
-@kernel
+@inline
 def _block(xout, x, w, b):
     """Rows b*ROWS .. b*ROWS+ROWS-1 of xout = w @ x (fewer at the end)."""
     i = b * ROWS
-    if ROWS == 1:
-        _row(xout, x, w, i)
-    elif i + ROWS <= w.shape[0]:
-        _rows8(xout, x, w, i)
+    if i + ROWS <= w.shape[0]:
+        if ROWS == 8:
+            _rows8(xout, x, w, i)
+        else:
+            _rows4(xout, x, w, i)
     else:
         for r in range(i, w.shape[0]):
             _row(xout, x, w, r)
@@ -520,6 +615,119 @@ def forward(p, w, s, token, pos):
     matmul(s.logits, x, w.wcls)
 
 
+# ----------------------------------------------------------------------------
+# int8 (Q8_0) variant, as runq.c: weights and the activations entering a matmul
+# are int8 in groups of gs with one float32 scale per group
+
+@kernel
+def quantize(q, s, x, gs):
+    """Per group: scale = max|x| / 127, q = round(x / scale) (half away from zero)."""
+    for g in range(x.shape[0] // gs):
+        wmax = np.float32(0.0)
+        for i in range(g * gs, g * gs + gs):
+            v = abs(x[i])
+            if v > wmax:
+                wmax = v
+        scale = wmax / np.float32(127.0)
+        s[g] = scale
+        for i in range(g * gs, g * gs + gs):
+            # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
+            q[i] = np.int8(_round_half_away(x[i] / scale)) if scale != 0 else np.int8(0)
+
+
+@kernel
+def _round_half_away(v):
+    """C's round(): to nearest, halves away from zero (np.round would go to even)."""
+    r = np.floor(np.abs(v) + np.float32(0.5))
+    if r - np.abs(v) > np.float32(0.5):  # abs(v) + 0.5 rounded up in float32
+        r -= np.float32(1.0)
+    return r if v >= 0 else -r
+
+
+@kernel
+def _row_q8(xout, xq, xs, wq, ws, i, gs):
+    """xout[i] = sum over groups g of (float(sum_k xq * wq) * ws[i, g]) * xs[g].
+
+    The integer dot of a group is exact in any order, so it vectorizes even in
+    strict mode; the float sum over groups stays sequential.
+    """
+    val = np.float32(0.0)
+    w = wq[i]
+    for g in range(xs.shape[0]):
+        ival = np.int32(0)
+        for k in range(g * gs, g * gs + gs):
+            ival += np.int32(xq[k]) * np.int32(w[k])
+        val += (np.float32(ival) * ws[i, g]) * xs[g]
+    xout[i] = val
+
+
+@pkernel
+def matmul_q8(xout, xq, xs, wq, ws, gs):
+    """xout = W @ x with W and x both int8 in groups, rows in parallel."""
+    for i in prange(wq.shape[0]):
+        _row_q8(xout, xq, xs, wq, ws, i, gs)
+
+
+@pkernel
+def matmul_qkv_q8(q, k, v, xq, xs, wq, wk, wv, gs):
+    """q, k, v = wq @ x, wk @ x, wv @ x in one parallel loop."""
+    dq, dk = wq[0].shape[0], wk[0].shape[0]
+    for r in prange(dq + 2 * dk):
+        if r < dq:
+            _row_q8(q, xq, xs, wq[0], wq[1], r, gs)
+        elif r < dq + dk:
+            _row_q8(k, xq, xs, wk[0], wk[1], r - dq, gs)
+        else:
+            _row_q8(v, xq, xs, wv[0], wv[1], r - dq - dk, gs)
+
+
+@pkernel
+def ffn_up_q8(hb, hb2, xq, xs, w1, w3, gs):
+    """hb = silu(w1 @ x) * (w3 @ x), row by row."""
+    for i in prange(hb.shape[0]):
+        _row_q8(hb, xq, xs, w1[0], w1[1], i, gs)
+        _row_q8(hb2, xq, xs, w3[0], w3[1], i, gs)
+        hb[i] = silu_mul(hb[i], hb2[i])
+
+
+@kernel
+def forward_q8(p, w, s, token, pos):
+    """runq.c's forward: forward() with int8 matmuls; logits in s.logits."""
+    head_size = p.dim // p.n_heads
+    kv_mul = p.n_heads // p.n_kv_heads
+    gs = w.group_size
+    dim, hidden = p.dim, p.hidden_dim
+    xq, xs = s.xq[:dim], s.xs[:dim // gs]
+    hq, hs = s.xq[:hidden], s.xs[:hidden // gs]
+    x = s.x
+    x[:] = w.token_embedding_table[token]
+
+    for l in range(p.n_layers):
+        rmsnorm(s.xb, x, w.rms_att_weight[l])
+        quantize(xq, xs, s.xb, gs)
+        k = s.key_cache[l, pos]
+        v = s.value_cache[l, pos]
+        matmul_qkv_q8(s.q, k, v, xq, xs, w.wq[l], w.wk[l], w.wv[l], gs)
+        rope(s.q, k, pos, head_size)
+        attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
+        quantize(xq, xs, s.xb, gs)
+        matmul_q8(s.xb2, xq, xs, w.wo[l][0], w.wo[l][1], gs)
+        accum(x, s.xb2)
+        rmsnorm(s.xb, x, w.rms_ffn_weight[l])
+        quantize(xq, xs, s.xb, gs)
+        ffn_up_q8(s.hb, s.hb2, xq, xs, w.w1[l], w.w3[l], gs)
+        quantize(hq, hs, s.hb, gs)
+        matmul_q8(s.xb, hq, hs, w.w2[l][0], w.w2[l][1], gs)
+        accum(x, s.xb)
+
+    rmsnorm(x, x, w.rms_final_weight)
+    quantize(xq, xs, x, gs)
+    matmul_q8(s.logits, xq, xs, w.wcls[0], w.wcls[1], gs)
+
+
+# ----------------------------------------------------------------------------
+# the profiler's forward
+
 @kernel
 def embed(x, table, token):
     """x = table[token]."""
@@ -527,22 +735,42 @@ def embed(x, table, token):
 
 
 def forward_profiled(p, w, s, token, pos, tick):
-    """forward() driven from Python, one kernel call at a time, for the profiler.
+    """forward() (or forward_q8()) driven from Python, one kernel call at a time, for the profiler.
 
     Same kernels, same arithmetic (the logits are bit-identical); after each
     step tick(name) charges the time since the previous tick to that row.
     """
     head_size = p.dim // p.n_heads
     kv_mul = p.n_heads // p.n_kv_heads
+    q8 = isinstance(w, TransformerWeightsQ8)
+    gs = w.group_size if q8 else 0
+    xq, xs = (s.xq[:p.dim], s.xs[:p.dim // gs]) if q8 else (None, None)
+    hq, hs = (s.xq[:p.hidden_dim], s.xs[:p.hidden_dim // gs]) if q8 else (None, None)
+
+    def mm(out, x, wt, quantized=None):
+        if q8:
+            matmul_q8(out, quantized[0], quantized[1], wt[0], wt[1], gs)
+        else:
+            matmul(out, x, wt)
+
+    def quant(q, sc, x):
+        if q8:
+            quantize(q, sc, x, gs)
+            tick("quantize")
+
     x = s.x
     embed(x, w.token_embedding_table, token)
     tick("embedding")
     for l in range(p.n_layers):
         rmsnorm(s.xb, x, w.rms_att_weight[l])
         tick("rmsnorm")
+        quant(xq, xs, s.xb)
         k = s.key_cache[l, pos]
         v = s.value_cache[l, pos]
-        matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
+        if q8:
+            matmul_qkv_q8(s.q, k, v, xq, xs, w.wq[l], w.wk[l], w.wv[l], gs)
+        else:
+            matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
         tick("q/k/v matmul")
         rope(s.q, k, pos, head_size)
         tick("RoPE")
@@ -552,23 +780,28 @@ def forward_profiled(p, w, s, token, pos, tick):
         tick("attention softmax")
         attention_values(s.xb, s.att, s.value_cache[l], pos, head_size, kv_mul)
         tick("attention weighted sum")
-        matmul(s.xb2, s.xb, w.wo[l])
+        quant(xq, xs, s.xb)
+        mm(s.xb2, s.xb, w.wo[l], (xq, xs))
         tick("output projection")
         accum(x, s.xb2)
         tick("residual")
         rmsnorm(s.xb, x, w.rms_ffn_weight[l])
         tick("rmsnorm")
-        matmul2(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
+        quant(xq, xs, s.xb)
+        mm(s.hb, s.xb, w.w1[l], (xq, xs))
+        mm(s.hb2, s.xb, w.w3[l], (xq, xs))
         tick("w1/w3 matmul")
         swiglu(s.hb, s.hb2)
         tick("SwiGLU")
-        matmul(s.xb, s.hb, w.w2[l])
+        quant(hq, hs, s.hb)
+        mm(s.xb, s.hb, w.w2[l], (hq, hs))
         tick("w2 matmul")
         accum(x, s.xb)
         tick("residual")
     rmsnorm(x, x, w.rms_final_weight)
     tick("rmsnorm")
-    matmul(s.logits, x, w.wcls)
+    quant(xq, xs, x)
+    mm(s.logits, x, w.wcls, (xq, xs))
     tick("classifier")
 
 
@@ -578,12 +811,14 @@ class Transformer:
     def __init__(self, checkpoint_path, mmap=True):
         self.path = checkpoint_path
         self.config, self.weights, self.version = read_checkpoint(checkpoint_path, mmap=mmap)
-        self.state = malloc_run_state(self.config)
+        self.quantized = self.version == 2
+        self.state = malloc_run_state(self.config, self.weights.group_size if self.quantized else 0)
+        self._forward = forward_q8 if self.quantized else forward
         self.bytes_per_token = weight_bytes_per_token(self.config, self.weights)
 
     def forward(self, token, pos):
         """Logits (a view of the run state, overwritten by the next call)."""
-        forward(self.config, self.weights, self.state, token, pos)
+        self._forward(self.config, self.weights, self.state, token, pos)
         return self.state.logits
 
     def forward_profiled(self, token, pos, tick):

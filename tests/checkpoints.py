@@ -39,8 +39,16 @@ def _header_ints(c):
             c["vocab_size"], c["seq_len"]]
 
 
-def write_checkpoint(path, w, version=0):
-    """Write w (from random_weights) as format version 0 or 1."""
+def quantize_groups(a, gs):
+    """(int8 values, float32 scales) of a tensor in groups of gs over its flat index."""
+    g = np.asarray(a, np.float32).reshape(-1, gs)
+    scale = (np.abs(g).max(axis=1) / np.float32(127)).astype(np.float32)
+    q = np.rint(g / np.where(scale == 0, 1, scale)[:, None]).astype(np.int8)
+    return q.reshape(-1), scale
+
+
+def write_checkpoint(path, w, version=0, group_size=None):
+    """Write w (from random_weights) as format version 0, 1 or 2 (int8 in groups of group_size)."""
     c = w["config"]
     ints = _header_ints(c)
     with open(path, "wb") as f:
@@ -63,6 +71,19 @@ def write_checkpoint(path, w, version=0):
                      "w1", "w2", "w3"]
             for name in order:
                 f.write(w[name].astype("<f4").tobytes())
+        elif version == 2:
+            hdr = struct.pack("<Ii7iBi", MAGIC, 2, *ints, 1 if w["shared"] else 0, group_size)
+            f.write(hdr + b"\0" * (256 - len(hdr)))
+            for name in ["rms_att", "rms_ffn", "rms_final"]:
+                f.write(w[name].astype("<f4").tobytes())
+            tensors = [w["token_embedding"]] + [w[n][l] for n in ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+                                                for l in range(c["n_layers"])]
+            if not w["shared"]:
+                tensors.append(w["wcls"])
+            for t in tensors:
+                q, s = quantize_groups(t, group_size)
+                f.write(q.tobytes() + s.astype("<f4").tobytes())
+            return path
         else:
             raise ValueError(version)
         if not w["shared"]:

@@ -197,3 +197,76 @@ class ScalarModel:
             x = [F(x[i] + o[i]) for i in range(dim)]
         x = _rmsnorm32(x, w["rms_final"])
         return np.array(_matvec32(w["wcls"], x), np.float32)
+
+
+# ----------------------------------------------------------------------------
+# int8 (Q8_0) arithmetic of runq.c, in NumPy
+
+def quantize_q8(x, gs):
+    """runq.c's quantize: (int8 values, float32 scales); C's round() goes half away from zero."""
+    g = np.asarray(x, np.float32).reshape(-1, gs)
+    scale = (np.abs(g).max(axis=1) / np.float32(127)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = (g / scale[:, None]).astype(np.float32)
+    r = np.sign(v) * np.floor(np.abs(v.astype(np.float64)) + 0.5)  # C promotes to double for round()
+    r[np.isnan(r)] = 0  # 0 / 0 on an all-zero group: the int8 cast of NaN gives 0 on x86-64
+    return r.astype(np.int8).reshape(-1), scale
+
+
+def matmul_q8(xq, xs, wq, ws, gs):
+    """Exact: integer group dots in int64, then val += (float(ival) * ws) * xs group by group in float32."""
+    rows, ng = wq.shape[0], xs.size
+    ival = (wq.reshape(rows, ng, gs).astype(np.int64) * xq.reshape(1, ng, gs).astype(np.int64)).sum(axis=2)
+    val = np.zeros(rows, np.float32)
+    for g in range(ng):
+        val = (val + (ival[:, g].astype(np.float32) * ws[:, g]) * xs[g]).astype(np.float32)
+    return val
+
+
+class Q8NumpyModel(NumpyModel):
+    """SPEC's int8 variant: NumpyModel with every matmul on quantized weights and activations."""
+
+    def __init__(self, w, gs, quantize_weights):
+        super().__init__(w)
+        self.gs = gs
+        self.q = {}
+        for name in ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]:
+            mats = []
+            for l in range(w["config"]["n_layers"]):
+                q, s = quantize_weights(w[name][l], gs)
+                rows, cols = w[name][l].shape
+                mats.append((q.reshape(rows, cols), s.reshape(rows, cols // gs)))
+            self.q[name] = mats
+        q, s = quantize_weights(w["wcls"], gs)
+        vocab, dim = w["wcls"].shape
+        self.q["wcls"] = (q.reshape(vocab, dim), s.reshape(vocab, dim // gs))
+        q, s = quantize_weights(w["token_embedding"], gs)
+        self.embedding = (q.reshape(-1, gs).astype(np.float32) * s[:, None]).reshape(vocab, dim)
+
+    def mm(self, name, l, x):
+        wq, ws = self.q[name][l] if l is not None else self.q[name]
+        xq, xs = quantize_q8(np.asarray(x, np.float32), self.gs)
+        return matmul_q8(xq, xs, wq, ws, self.gs).astype(np.float64)
+
+    def forward(self, token, pos):
+        w, c, hs = self.w, self.c, self.head
+        x = self.embedding[token].astype(np.float64)
+        for l in range(c["n_layers"]):
+            xb = _rmsnorm64(x, w["rms_att"][l])
+            q, k, v = self.mm("wq", l, xb), self.mm("wk", l, xb), self.mm("wv", l, xb)
+            q, k = _rope64(q, pos, hs), _rope64(k, pos, hs)
+            self.kcache[l, pos] = k
+            self.vcache[l, pos] = v
+            out = np.zeros(c["dim"])
+            for h in range(c["n_heads"]):
+                kh = h // self.kv_mul
+                K = self.kcache[l, :pos + 1, kh * hs:(kh + 1) * hs]
+                V = self.vcache[l, :pos + 1, kh * hs:(kh + 1) * hs]
+                s = K @ q[h * hs:(h + 1) * hs] / np.sqrt(hs)
+                a = np.exp(s - s.max())
+                out[h * hs:(h + 1) * hs] = (a / a.sum()) @ V
+            x = x + self.mm("wo", l, out)
+            xb = _rmsnorm64(x, w["rms_ffn"][l])
+            h1, h3 = self.mm("w1", l, xb), self.mm("w3", l, xb)
+            x = x + self.mm("w2", l, h1 / (1 + np.exp(-h1)) * h3)
+        return self.mm("wcls", None, _rmsnorm64(x, w["rms_final"]))

@@ -219,3 +219,47 @@ def test_garbage_tokenizer(files, tmp_path):
     path = _bad(tmp_path, "tok.bin", struct.pack("<ifi", 10, 0.0, 2**30) + b"ab")
     rc, _, err = run_py(files["model"], "-z", path)
     one_line_error(rc, err, "tok.bin")
+
+
+# ---- profiler ------------------------------------------------------------------
+
+def _profile_json(err):
+    import json
+    return json.loads(err[err.index("\n{") + 1:])
+
+
+def test_profile_prints_the_same_text_and_a_table_whose_rows_add_up(files):
+    args = ("-s", "3", "-n", "48", "-t", "0.9")
+    _, plain, _ = strict(files, *args)
+    rc, out, err = strict(files, *args, "--profile", "json")
+    assert rc == 0, err
+    assert out == plain  # profiling does not change the text
+    r = _profile_json(err)
+    rows = {row["kernel"]: row for row in r["rows"]}
+    tokens = r["tokens"]
+    assert tokens == 47  # 48 steps, the first left out
+    for name in ["embedding", "rmsnorm", "q/k/v matmul", "RoPE", "attention scores", "attention softmax",
+                 "attention weighted sum", "output projection", "w1/w3 matmul", "SwiGLU", "w2 matmul",
+                 "classifier", "sampling", "decoding"]:
+        assert name in rows, name
+    layers = 2
+    assert rows["classifier"]["calls"] == tokens
+    assert rows["q/k/v matmul"]["calls"] == tokens * layers
+    assert rows["rmsnorm"]["calls"] == tokens * (2 * layers + 1)
+    assert abs(sum(row["share"] for row in r["rows"]) - 1) < 1e-6
+    assert abs(r["rows_ms"] - r["measured_ms"]) <= 0.05 * r["measured_ms"]
+    # the classifier reads vocab x dim float32 weights per call
+    c = rows["classifier"]
+    assert abs(c["gbytes"] * c["total_ms"] / 1e3 * 1e9 - 4 * VOCAB * 32 * tokens) < 1e-3 * 4 * VOCAB * 32 * tokens
+    assert r["tok_s_plain"] > 0 and r["tok_s_profiled"] > 0
+
+
+def test_profile_table(files):
+    rc, out, err = strict(files, "-n", "20", "--profile")
+    assert rc == 0, err
+    assert "kernel" in err and "GFLOP/s" in err and "sum of rows" in err and "without profiling" in err
+
+
+def test_profile_in_chat_mode_is_refused(files):
+    rc, _, err = strict(files, "-m", "chat", "--profile")
+    one_line_error(rc, err, "--profile")

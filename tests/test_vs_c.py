@@ -81,3 +81,38 @@ def test_chat_matches_c(models, name):
     py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"],
                          stdin)
     assert (py_rc, py_out) == (c_rc, c_out)
+
+
+RUNQ_C = os.path.join(C_DIR, "runq")
+
+
+@pytest.fixture(scope="module")
+def q8_models(tmp_path_factory, models):
+    d = tmp_path_factory.mktemp("vs_runq")
+    tok512 = models["r512-mqa-sharp"][1]
+    out = {
+        "q8-gqa-gs16": (write_checkpoint(d / "a.bin", random_weights(64, 128, 3, 8, 4, 512, 256, seed=15, scale=0.5),
+                                         version=2, group_size=16), tok512),
+        "q8-unshared-gs32": (write_checkpoint(d / "b.bin", random_weights(64, 96, 2, 4, 4, 512, 128, shared=False,
+                                                                          seed=16, scale=0.1),
+                                              version=2, group_size=32), tok512),
+    }
+    if os.path.exists(STORIES260K):
+        q = d / "stories260K_q80.bin"
+        subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "quantize", STORIES260K, str(q)],
+                       check=True, capture_output=True)
+        out["stories260K-q80"] = (q, tok512)
+    return out
+
+
+@pytest.mark.skipif(not os.access(RUNQ_C, os.X_OK), reason="set LLAMA2C_DIR to a llama2.c build with runq")
+@pytest.mark.parametrize("case", [1, 2, 4, 5, 7])
+@pytest.mark.parametrize("name", ["q8-gqa-gs16", "q8-unshared-gs32", "stories260K-q80"])
+def test_int8_generate_matches_runq(q8_models, name, case):
+    if name not in q8_models:
+        pytest.skip(f"{name} needs ../shared/models")
+    ckpt, tok = q8_models[name]
+    args = [str(ckpt), "-z", str(tok)] + CASES[case]
+    c_rc, c_out = _run([RUNQ_C] + args)
+    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"])
+    assert (py_rc, py_out) == (c_rc, c_out)

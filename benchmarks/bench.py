@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of run.py's configurations (and llama2.c builds, if given).
+
+    python benchmarks/bench.py MODEL.bin [-z tokenizer.bin] [--c path/to/run ...]
+                               [--runs 5] [--steps 256] [--flags-table] [--startup]
+                               [--json out.json] [--chart out.png]
+
+Every configuration is compiled once (not timed), then the configurations are
+run in turn, `--runs` rounds, so drift on a shared machine hits them all
+alike. Each run's `achieved tok/s` (stderr; counted from the end of the first
+step, as run.c counts it) is collected; the table gives the median, the range
+and the ratio to the strict single-thread baseline. Also reported: the
+machine's memory read bandwidth (a streaming probe), the bytes of weights one
+token reads, and the fraction of the bandwidth each configuration achieves.
+
+--flags-table reproduces llama2.c's compile-flag comparison with Numba's
+equivalents: fast-math off / the -funsafe-math-optimizations subset / all,
+each for the host CPU (-march=native) and for NUMBA_CPU_NAME=generic.
+--startup measures time to first token with an empty and with a filled JIT
+cache, and peak memory.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(ROOT, "run.py")
+CORES = os.cpu_count() or 1
+
+# name -> (run.py flags, extra environment)
+CONFIGS = {
+    "strict, 1 thread": (["--no-fastmath", "--threads", "1"], {}),
+    "unsafe-math, 1 thread": (["--fastmath=unsafe", "--threads", "1"], {}),
+    "fast-math, 1 thread": (["--threads", "1"], {}),
+    f"strict, {CORES} threads": (["--no-fastmath", "--threads", str(CORES)], {}),
+    f"fast-math, {CORES} threads": (["--threads", str(CORES)], {}),
+    f"fast-math, {CORES} threads, --no-mmap": (["--threads", str(CORES), "--no-mmap"], {}),
+}
+BASELINE = "strict, 1 thread"
+
+# llama2.c's compile-flag table, in Numba terms (single thread)
+FLAG_CONFIGS = {
+    "-O3 (generic CPU)": (["--no-fastmath", "--threads", "1"], {"NUMBA_CPU_NAME": "generic"}),
+    "-O3 -funsafe-math-optimizations (generic)": (["--fastmath=unsafe", "--threads", "1"],
+                                                  {"NUMBA_CPU_NAME": "generic"}),
+    "-Ofast (generic)": (["--threads", "1"], {"NUMBA_CPU_NAME": "generic"}),
+    "-O3 -march=native": (["--no-fastmath", "--threads", "1"], {}),
+    "-O3 -funsafe-math-optimizations -march=native": (["--fastmath=unsafe", "--threads", "1"], {}),
+    "-Ofast -march=native": (["--threads", "1"], {}),
+    f"-Ofast -march=native -fopenmp ({CORES} threads)": (["--threads", str(CORES)], {}),
+}
+FLAG_BASELINE = "-O3 (generic CPU)"
+
+TOKS = re.compile(rb"achieved tok/s: ([0-9.]+|inf)")
+
+
+def run_once(cmd, env):
+    """(tok/s, wall seconds, peak RSS in MB) of one run.
+
+    The run is started by a small Python parent that reports its children's
+    peak RSS: a child forked straight from this process would count this
+    process's memory in its own peak until it execs.
+    """
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(r.returncode)")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", wrapper] + cmd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr.decode(errors='replace')}")
+    m = TOKS.search(p.stderr)
+    if not m:
+        raise RuntimeError(f"no 'achieved tok/s' from {' '.join(cmd)} (did it stop at BOS?):\n{p.stderr.decode()}")
+    rss_kb = int(p.stderr.strip().splitlines()[-1])
+    return float(m.group(1)), wall, rss_kb / 1024
+
+
+def command(cfg, args, steps):
+    prog = [cfg[2:]] if cfg.startswith("C:") else [sys.executable, RUN_PY]
+    return prog + [args.model, "-z", args.tokenizer, "-n", str(steps), "-s", "1"]
+
+
+def threads_of(name, flags):
+    """Threads a configuration runs on (llama2.c builds: all cores if built with OpenMP)."""
+    if "--threads" in flags:
+        return int(flags[flags.index("--threads") + 1])
+    return CORES if "omp" in os.path.basename(name) else 1
+
+
+def environment(extra):
+    env = dict(os.environ)
+    env.update(extra)
+    env.setdefault("OMP_NUM_THREADS", str(CORES))  # llama2.c's runomp: all cores
+    return env
+
+
+def measure(configs, args, label):
+    """{name: [tok/s per run]} with the configurations interleaved round by round."""
+    plan = {}
+    for name, (flags, extra) in configs.items():
+        plan[name] = (command(name, args, args.steps) + flags, environment(extra))
+        run_once(command(name, args, 4) + flags, plan[name][1])  # fill the JIT cache, untimed
+    results = {name: [] for name in plan}
+    for r in range(args.runs):
+        for name, (cmd, env) in plan.items():
+            results[name].append(run_once(cmd, env)[0])
+        print(f"  {label}: round {r + 1}/{args.runs} done", file=sys.stderr)
+    return results
+
+
+def bandwidth_probe():
+    """Streaming read bandwidth in GB/s (best of 5) with 1 thread and with all cores."""
+    import numba
+    import numpy as np
+
+    @numba.njit(fastmath=True, cache=False)
+    def chunk_sum(a):
+        s = np.float32(0.0)
+        for i in range(a.size):
+            s += a[i]
+        return s
+
+    @numba.njit(fastmath=True, parallel=True, cache=False)
+    def stream(a, out):
+        chunk = a.size // out.size
+        for b in numba.prange(out.size):
+            out[b] = chunk_sum(a[b * chunk:(b + 1) * chunk])
+
+    a = np.ones(256 * 1024 * 1024, np.float32)  # 1 GiB, far beyond any cache
+    out = np.zeros(64, np.float32)
+    result = {}
+    for threads in sorted({1, CORES}):
+        numba.set_num_threads(threads)
+        stream(a, out)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            stream(a, out)
+            times.append(time.perf_counter() - t0)
+        result[threads] = a.nbytes / min(times) / 1e9
+    return result
+
+
+def bytes_per_token(model_path):
+    sys.path.insert(0, ROOT)
+    os.environ.setdefault("LLAMA2_THREADS", "1")
+    import model
+    t = model.Transformer(model_path)
+    return t.bytes_per_token, t.config
+
+
+def startup(args):
+    """Cold (empty JIT cache) and warm start: wall time of a 1-token run, and peak RSS."""
+    out = {}
+    for name, flags in [("strict, 1 thread", ["--no-fastmath", "--threads", "1"]),
+                        (f"fast-math, {CORES} threads", ["--threads", str(CORES)])]:
+        cache = tempfile.mkdtemp(prefix="llama2-cache-")
+        try:
+            env = environment({"LLAMA2_CACHE_DIR": cache})
+            cmd = [sys.executable, RUN_PY, args.model, "-z", args.tokenizer, "-n", "2", "-s", "1"] + flags
+            _, cold, rss = run_once(cmd, env)
+            warm = sorted(run_once(cmd, env)[1] for _ in range(3))[1]
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        out[name] = dict(cold_s=cold, warm_s=warm, peak_rss_mb=rss)
+    return out
+
+
+def table(results, threads, baseline, nbytes, bw, title):
+    base = statistics.median(results[baseline]) if baseline in results else None
+    lines = [f"### {title}", "",
+             "| configuration | tok/s (median) | range | ratio to baseline | GB/s of weights | of measured bandwidth |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, v in results.items():
+        med = statistics.median(v)
+        gbs = nbytes * med / 1e9
+        peak = bw.get(threads[name]) or max(bw.values())
+        ratio = f"{med / base:.2f}x" if base else "-"
+        lines.append(f"| {name} | {med:.1f} | {min(v):.1f}-{max(v):.1f} | {ratio} | {gbs:.1f} | {gbs / peak:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description="side-by-side tok/s of run.py configurations")
+    ap.add_argument("model")
+    ap.add_argument("-z", "--tokenizer", default="tokenizer.bin")
+    ap.add_argument("--c", action="append", default=[], metavar="BINARY",
+                    help="a llama2.c build to run alongside (repeatable); run with OMP_NUM_THREADS=cores")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--flags-table", action="store_true", help="also llama2.c's compile-flag table")
+    ap.add_argument("--startup", action="store_true", help="also cold/warm start-up and peak memory")
+    ap.add_argument("--json", metavar="FILE", help="write all figures as JSON")
+    ap.add_argument("--chart", metavar="PNG", help="bar chart of tok/s (needs matplotlib)")
+    args = ap.parse_args(argv)
+    for path, what in [(args.model, "checkpoint"), (args.tokenizer, "tokenizer")]:
+        if not os.path.isfile(path):
+            print(f"bench.py: error: {what} {path} not found", file=sys.stderr)
+            return 1
+    for c in args.c:
+        if not os.access(c, os.X_OK):
+            print(f"bench.py: error: --c {c} is not an executable", file=sys.stderr)
+            return 1
+
+    nbytes, config = bytes_per_token(args.model)
+    bw = bandwidth_probe()
+    report = dict(machine=dict(cpu=_cpu_name(), cores=CORES, python=platform.python_version()),
+                  model=args.model, config=dict(config._asdict()), bytes_per_token=nbytes,
+                  bandwidth_gbs={str(k): v for k, v in bw.items()}, steps=args.steps, runs=args.runs)
+    configs = dict(CONFIGS)
+    for c in args.c:
+        configs["C:" + os.path.abspath(c)] = ([], {})
+    results = measure(configs, args, "configurations")
+    threads = {k: threads_of(k, flags) for k, (flags, _) in list(configs.items()) + list(FLAG_CONFIGS.items())}
+    pretty = {k: (f"llama2.c {os.path.basename(k[2:])}" if k.startswith("C:") else k) for k in threads}
+    threads = {pretty[k]: v for k, v in threads.items()}
+    results = {pretty[k]: v for k, v in results.items()}
+    report["configurations"] = results
+    md = [f"Machine: {report['machine']['cpu']}, {CORES} cores. Model: {os.path.basename(args.model)} "
+          f"({', '.join(f'{k} {v}' for k, v in report['config'].items())}), {nbytes / 1e6:.1f} MB of weights "
+          f"per token. Memory read bandwidth: " + ", ".join(f"{v:.1f} GB/s with {k} thread{'s' if k > 1 else ''}"
+                                                           for k, v in bw.items()) + ".",
+          "", table(results, threads, BASELINE, nbytes, bw, f"run.py configurations, {args.steps} steps, "
+                                                     f"median of {args.runs} alternating runs")]
+    if args.flags_table:
+        flags = measure(FLAG_CONFIGS, args, "flags table")
+        report["flags_table"] = flags
+        md += ["", table(flags, threads, FLAG_BASELINE, nbytes, bw, "llama2.c's compile-flag table, Numba equivalents")]
+    if args.startup:
+        st = startup(args)
+        report["startup"] = st
+        md += ["", "### Start-up (time to first token) and peak memory", "",
+               "| configuration | cold (empty JIT cache) | warm (cache filled) | peak RSS |", "| --- | ---: | ---: | ---: |"]
+        md += [f"| {k} | {v['cold_s']:.2f} s | {v['warm_s']:.2f} s | {v['peak_rss_mb']:.0f} MB |" for k, v in st.items()]
+    print("\n".join(md))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.chart:
+        _chart(report, args.chart)
+    return 0
+
+
+def _cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return re.search(r"Model name:\s*(.+)", out).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or "unknown CPU"
+
+
+def _chart(report, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench.py: no chart: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return
+    rows = dict(report["configurations"])
+    rows.update(report.get("flags_table", {}))
+    names = list(rows)
+    meds = [statistics.median(rows[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], meds[::-1], color=["#c44" if n.startswith("llama2.c") else "#48a" for n in names[::-1]])
+    ax.set_xlabel("tok/s (median)")
+    ax.set_title(f"{os.path.basename(report['model'])} on {report['machine']['cpu']}, {CORES} cores")
+    for i, v in enumerate(meds[::-1]):
+        ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
