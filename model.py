@@ -11,6 +11,7 @@ Each mode gets its own on-disk JIT cache, because numba's cache does not key
 on the fast-math flags (see NUMBA-NOTES.md).
 """
 
+import hashlib
 import os
 import sys
 from collections import namedtuple
@@ -41,11 +42,24 @@ def compile_mode():
 
 
 def cache_dir(fastmath, parallel):
-    """One JIT cache per (fast-math set, serial/parallel, target CPU)."""
+    """One JIT cache per (fast-math set, serial/parallel, target CPU, source version).
+
+    numba's cache checks the timestamp of a kernel's own file only: run.py's
+    kernels call model.py's and would keep stale copies of them after model.py
+    changes. Keying the directory on a hash of the kernel sources avoids that.
+    """
     base = os.environ.get("LLAMA2_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llama2-numba")
     cpu = os.environ.get("NUMBA_CPU_NAME") or "host"
-    return os.path.join(base, f"{fastmath}-{'parallel' if parallel else 'serial'}-{cpu}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha1()
+    for name in ("model.py", "run.py"):
+        try:
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            pass
+    return os.path.join(base, f"{fastmath}-{'parallel' if parallel else 'serial'}-{cpu}", digest.hexdigest()[:12])
 
 
 FASTMATH, THREADS = compile_mode()
@@ -58,7 +72,9 @@ if "numba" not in sys.modules:
         os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
 
 import numba  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 if os.path.abspath(numba.config.CACHE_DIR or "") != os.path.abspath(CACHE_DIR):
     # numba was imported earlier with another cache: entries written in another
@@ -125,6 +141,8 @@ RunState = namedtuple("RunState", [
     "logits",  # (vocab_size,) output
     "key_cache",  # (n_layers, seq_len, kv_dim); k for position pos is written in place
     "value_cache",  # (n_layers, seq_len, kv_dim); likewise v
+    "rope_cos",  # (head_size // 2,) RoPE's cos(pos * freq) for this position
+    "rope_sin",  # (head_size // 2,) and sin
     "xq",  # (max(dim, hidden_dim),) int8: the activation entering an int8 matmul
     "xs",  # (max(dim, hidden_dim) // group_size,) its scales (int8 models only; else empty)
 ])
@@ -141,6 +159,7 @@ def malloc_run_state(p, group_size=0):
         logits=np.zeros(p.vocab_size, f32),
         key_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
         value_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
+        rope_cos=np.zeros(p.head_size // 2, f32), rope_sin=np.zeros(p.head_size // 2, f32),
         xq=np.zeros(nq, np.int8), xs=np.zeros(nq // group_size if group_size else 0, f32))
 
 
@@ -337,6 +356,38 @@ def rmsnorm(o, x, weight):
         o[j] = weight[j] * (ss * x[j])
 
 
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 bits."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@inline
+def exp(x):
+    """exp(x) for float32 x: the C library's expf when strict, else a vectorizable polynomial.
+
+    Strict mode must call expf to match gcc -O3 bit for bit. With fast math,
+    numba (no SVML) would still call expf one element at a time; this
+    Cephes-style version (range reduction by ln 2, degree-6 polynomial,
+    2^n built in the exponent bits) stays within 2 ulp and vectorizes.
+    """
+    if FASTMATH == "off":
+        return np.exp(x)
+    x = min(max(x, np.float32(-87.3)), np.float32(88.7))
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * r * r + r + np.float32(1.0)
+    return y * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << 23))
+
+
 @kernel
 def softmax(x):
     """x = exp(x - max x) / sum exp(x - max x), in place, the sum sequential."""
@@ -346,21 +397,27 @@ def softmax(x):
             max_val = x[i]
     total = np.float32(0.0)
     for i in range(x.shape[0]):
-        x[i] = np.exp(x[i] - max_val)
+        x[i] = exp(x[i] - max_val)
         total += x[i]
     for i in range(x.shape[0]):
         x[i] /= total
 
 
-# Strict matmuls work on blocks of 8 output rows: each row is still one
-# sequential sum over j (so the result stays exact), but the 8 independent sums
-# interleave, hiding the add latency that makes a lone strict dot product slow
-# (1.6-2.3x measured). With fast math LLVM vectorizes a single row's sum, and
-# one row at a time measured best (benchmarks/RESULTS.md).
-ROWS = 8 if FASTMATH == "off" else 4
-
+# Matmuls work on blocks of output rows. Each row is still one sequential sum
+# over j, so strict mode stays exact, but in strict mode 8 interleaved sums hide
+# the add latency that makes a lone strict dot product slow (1.6-2.3x
+# measured). With fast math LLVM vectorizes each row's sum; 4-row blocks then
+# stream 4 rows at once (+7-15% on 768-wide rows), while rows shorter than 512
+# are faster one at a time (the 288-wide classifier of stories15M: 40 vs 21 GB/s).
 
 @inline
+def block_rows(w):
+    if FASTMATH == "off":
+        return 8
+    return 4 if w.shape[1] >= 512 else 1
+
+
+@kernel
 def _row(xout, x, w, i):
     """xout[i] = sum_j w[i, j] * x[j]."""
     val = np.float32(0.0)
@@ -412,12 +469,13 @@ def _rows8(xout, x, w, i):
     xout[i + 7] = v7
 
 
-@inline
+@kernel
 def _block(xout, x, w, b):
-    """Rows b*ROWS .. b*ROWS+ROWS-1 of xout = w @ x (fewer at the end)."""
-    i = b * ROWS
-    if i + ROWS <= w.shape[0]:
-        if ROWS == 8:
+    """Rows of block b (of 4 or 8 rows) of xout = w @ x (fewer in the last block)."""
+    rows = block_rows(w)
+    i = b * rows
+    if i + rows <= w.shape[0]:
+        if rows == 8:
             _rows8(xout, x, w, i)
         else:
             _rows4(xout, x, w, i)
@@ -426,48 +484,71 @@ def _block(xout, x, w, b):
             _row(xout, x, w, r)
 
 
-@kernel
-def n_blocks(d):
-    return (d + ROWS - 1) // ROWS
+@inline
+def n_blocks(w):
+    rows = block_rows(w)
+    return (w.shape[0] + rows - 1) // rows
 
 
 @pkernel
 def matmul(xout, x, w):
     """xout = w @ x: W (d, n) @ x (n,) -> xout (d,), blocks of rows in parallel."""
-    for b in prange(n_blocks(w.shape[0])):
-        _block(xout, x, w, b)
+    if block_rows(w) == 1:  # one row per iteration (calling _block per row costs 40%)
+        for i in prange(w.shape[0]):
+            _row(xout, x, w, i)
+    else:
+        for b in prange(n_blocks(w)):
+            _block(xout, x, w, b)
 
 
 @pkernel
 def matmul_qkv(q, k, v, x, wq, wk, wv):
     """q = wq @ x, k = wk @ x, v = wv @ x in one parallel loop (one fork/join, not three)."""
-    nq = n_blocks(wq.shape[0])
-    nk = n_blocks(wk.shape[0])
-    for b in prange(nq + 2 * nk):
-        if b < nq:
-            _block(q, x, wq, b)
-        elif b < nq + nk:
-            _block(k, x, wk, b - nq)
-        else:
-            _block(v, x, wv, b - nq - nk)
+    if block_rows(wq) == 1:
+        dq, dk = wq.shape[0], wk.shape[0]
+        for r in prange(dq + 2 * dk):
+            if r < dq:
+                _row(q, x, wq, r)
+            elif r < dq + dk:
+                _row(k, x, wk, r - dq)
+            else:
+                _row(v, x, wv, r - dq - dk)
+    else:
+        nq = n_blocks(wq)
+        nk = n_blocks(wk)
+        for b in prange(nq + 2 * nk):
+            if b < nq:
+                _block(q, x, wq, b)
+            elif b < nq + nk:
+                _block(k, x, wk, b - nq)
+            else:
+                _block(v, x, wv, b - nq - nk)
 
 
 @pkernel
 def matmul2(h1, h3, x, w1, w3):
     """h1 = w1 @ x and h3 = w3 @ x in one parallel loop."""
-    nb = n_blocks(w1.shape[0])
-    for b in prange(2 * nb):
-        if b < nb:
-            _block(h1, x, w1, b)
-        else:
-            _block(h3, x, w3, b - nb)
+    if block_rows(w1) == 1:
+        d = w1.shape[0]
+        for r in prange(2 * d):
+            if r < d:
+                _row(h1, x, w1, r)
+            else:
+                _row(h3, x, w3, r - d)
+    else:
+        nb = n_blocks(w1)
+        for b in prange(2 * nb):
+            if b < nb:
+                _block(h1, x, w1, b)
+            else:
+                _block(h3, x, w3, b - nb)
 
 
 @kernel
 def silu_mul(a, b):
     """silu(a) * b, silu(a) = a * (1 / (1 + exp(-a)))."""
     one = np.float32(1.0)
-    return a * (one / (one + np.exp(-a))) * b
+    return a * (one / (one + exp(-a))) * b
 
 
 @kernel
@@ -480,31 +561,53 @@ def swiglu(hb, hb2):
 @pkernel
 def ffn_up(hb, hb2, x, w1, w3):
     """hb = silu(w1 @ x) * (w3 @ x): matmul2 and swiglu fused, block by block."""
-    for b in prange(n_blocks(w1.shape[0])):
-        _block(hb, x, w1, b)
-        _block(hb2, x, w3, b)
-        for i in range(b * ROWS, min(b * ROWS + ROWS, hb.shape[0])):
+    rows = block_rows(w1)
+    if rows == 1:
+        for i in prange(w1.shape[0]):
+            _row(hb, x, w1, i)
+            _row(hb2, x, w3, i)
             hb[i] = silu_mul(hb[i], hb2[i])
+    else:
+        for b in prange(n_blocks(w1)):
+            _block(hb, x, w1, b)
+            _block(hb2, x, w3, b)
+            for i in range(b * rows, min(b * rows + rows, hb.shape[0])):
+                hb[i] = silu_mul(hb[i], hb2[i])
 
 
 @kernel
-def rope(q, k, pos, head_size):
-    """Rotate each pair (i, i+1) of q, and of k while i < kv_dim, by pos * freq(i)."""
-    for i in range(0, q.shape[0], 2):
-        head_dim = i % head_size
-        freq = np.float32(1.0) / np.float32(10000.0) ** (np.float32(head_dim) / np.float32(head_size))
+def rope_angles(fcr, fci, pos):
+    """fcr[j], fci[j] = cos, sin(pos * freq) with freq = 1 / 10000^(2j / head_size).
+
+    Rotation pair (i, i+1) uses j = (i % head_size) / 2. The angles are the same
+    for every layer and head, so they are computed once per token (run.c
+    recomputes them in every layer; the values are bit-identical).
+    """
+    head_size = 2 * fcr.shape[0]
+    for j in range(fcr.shape[0]):
+        freq = np.float32(1.0) / np.float32(10000.0) ** (np.float32(2 * j) / np.float32(head_size))
         val = np.float32(pos) * freq
-        fcr = np.cos(val)
-        fci = np.sin(val)
+        fcr[j] = np.cos(val)
+        fci[j] = np.sin(val)
+
+
+@kernel
+def rope(q, k, fcr, fci):
+    """Rotate each pair (i, i+1) of q, and of k while i < kv_dim: (v0 c - v1 s, v0 s + v1 c)."""
+    head_size = 2 * fcr.shape[0]
+    for i in range(0, q.shape[0], 2):
+        j = (i % head_size) // 2
+        c = fcr[j]
+        sn = fci[j]
         q0 = q[i]
         q1 = q[i + 1]
-        q[i] = q0 * fcr - q1 * fci
-        q[i + 1] = q0 * fci + q1 * fcr
+        q[i] = q0 * c - q1 * sn
+        q[i + 1] = q0 * sn + q1 * c
         if i < k.shape[0]:
             k0 = k[i]
             k1 = k[i + 1]
-            k[i] = k0 * fcr - k1 * fci
-            k[i + 1] = k0 * fci + k1 * fcr
+            k[i] = k0 * c - k1 * sn
+            k[i + 1] = k0 * sn + k1 * c
 
 
 # Attention, per head h (kv head h // kv_mul), over positions 0..pos:
@@ -584,6 +687,7 @@ def forward(p, w, s, token, pos):
     kv_mul = p.n_heads // p.n_kv_heads
     x = s.x
     x[:] = w.token_embedding_table[token]
+    rope_angles(s.rope_cos, s.rope_sin, pos)
 
     for l in range(p.n_layers):
         # attention rmsnorm
@@ -595,7 +699,7 @@ def forward(p, w, s, token, pos):
         matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
 
         # RoPE relative positional encoding
-        rope(s.q, k, pos, head_size)
+        rope(s.q, k, s.rope_cos, s.rope_sin)
 
         # multi-head attention over positions 0..pos
         attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
@@ -644,7 +748,7 @@ def _round_half_away(v):
     return r if v >= 0 else -r
 
 
-@kernel
+@inline
 def _row_q8(xout, xq, xs, wq, ws, i, gs):
     """xout[i] = sum over groups g of (float(sum_k xq * wq) * ws[i, g]) * xs[g].
 
@@ -654,9 +758,15 @@ def _row_q8(xout, xq, xs, wq, ws, i, gs):
     val = np.float32(0.0)
     w = wq[i]
     for g in range(xs.shape[0]):
+        # zero-based slices let numba drop its negative-index checks, so the
+        # integer dot vectorizes (4x measured)
+        xg = xq[g * gs:(g + 1) * gs]
+        wg = w[g * gs:(g + 1) * gs]
         ival = np.int32(0)
-        for k in range(g * gs, g * gs + gs):
-            ival += np.int32(xq[k]) * np.int32(w[k])
+        for k in range(gs):
+            # numba widens int products to int64; truncating each step keeps the
+            # vector lanes 32-bit (LLVM then narrows the multiply further)
+            ival = np.int32(ival + np.int32(xg[k]) * np.int32(wg[k]))
         val += (np.float32(ival) * ws[i, g]) * xs[g]
     xout[i] = val
 
@@ -701,6 +811,7 @@ def forward_q8(p, w, s, token, pos):
     hq, hs = s.xq[:hidden], s.xs[:hidden // gs]
     x = s.x
     x[:] = w.token_embedding_table[token]
+    rope_angles(s.rope_cos, s.rope_sin, pos)
 
     for l in range(p.n_layers):
         rmsnorm(s.xb, x, w.rms_att_weight[l])
@@ -708,7 +819,7 @@ def forward_q8(p, w, s, token, pos):
         k = s.key_cache[l, pos]
         v = s.value_cache[l, pos]
         matmul_qkv_q8(s.q, k, v, xq, xs, w.wq[l], w.wk[l], w.wv[l], gs)
-        rope(s.q, k, pos, head_size)
+        rope(s.q, k, s.rope_cos, s.rope_sin)
         attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
         quantize(xq, xs, s.xb, gs)
         matmul_q8(s.xb2, xq, xs, w.wo[l][0], w.wo[l][1], gs)
@@ -761,6 +872,8 @@ def forward_profiled(p, w, s, token, pos, tick):
     x = s.x
     embed(x, w.token_embedding_table, token)
     tick("embedding")
+    rope_angles(s.rope_cos, s.rope_sin, pos)
+    tick("RoPE")
     for l in range(p.n_layers):
         rmsnorm(s.xb, x, w.rms_att_weight[l])
         tick("rmsnorm")
@@ -772,7 +885,7 @@ def forward_profiled(p, w, s, token, pos, tick):
         else:
             matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
         tick("q/k/v matmul")
-        rope(s.q, k, pos, head_size)
+        rope(s.q, k, s.rope_cos, s.rope_sin)
         tick("RoPE")
         attention_scores(s.att, s.q, s.key_cache[l], pos, head_size, kv_mul)
         tick("attention scores")
@@ -788,8 +901,11 @@ def forward_profiled(p, w, s, token, pos, tick):
         rmsnorm(s.xb, x, w.rms_ffn_weight[l])
         tick("rmsnorm")
         quant(xq, xs, s.xb)
-        mm(s.hb, s.xb, w.w1[l], (xq, xs))
-        mm(s.hb2, s.xb, w.w3[l], (xq, xs))
+        if q8:
+            mm(s.hb, s.xb, w.w1[l], (xq, xs))
+            mm(s.hb2, s.xb, w.w3[l], (xq, xs))
+        else:
+            matmul2(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
         tick("w1/w3 matmul")
         swiglu(s.hb, s.hb2)
         tick("SwiGLU")
