@@ -1,4 +1,4 @@
-"""Llama 2 transformer inference in Numba: llama2.c's run.c, kernel for kernel.
+"""Llama 2 transformer inference in Numba: llama2.c's run.c (and runq.c's int8 forward), kernel for kernel.
 
 Read alongside run.c: the same structs (Config, TransformerWeights, RunState),
 the same kernels in the same order, one `forward` with the layer loop inline.

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Inference for llama2.c checkpoints in Python + Numba: the command line of run.c.
 
-    python run.py model.bin [-t temperature] [-p topp] [-s seed] [-n steps]
+    python run.py [model.bin] [-t temperature] [-p topp] [-s seed] [-n steps]
                   [-i prompt] [-z tokenizer] [-m generate|chat] [-y system_prompt]
-                  [--fastmath | --no-fastmath] [--threads N]
+                  [--fastmath | --no-fastmath] [--threads N] [--profile] [--eval FILE]
 
-With --no-fastmath, stdout is byte-identical to llama2.c's run.c built with gcc -O3.
+With --no-fastmath, stdout is byte-identical to llama2.c's run.c (runq.c for
+int8 checkpoints) built with gcc -O3.
 """
 
 import os
@@ -14,7 +15,7 @@ import sys
 import time
 
 USAGE = """\
-Usage:   python run.py <checkpoint> [options]
+Usage:   python run.py [checkpoint] [options]
 Example: python run.py model.bin -n 256 -i "Once upon a time"
 Options:
   -t <float>  temperature in [0,inf], default 1.0
@@ -27,14 +28,25 @@ Options:
   -y <string> (optional) system prompt in chat mode
   --fastmath, --no-fastmath
               fast math on (default; like gcc -Ofast) or off (bit-exact with gcc -O3)
+  --fastmath=unsafe
+              only the flags of -funsafe-math-optimizations
   --threads <int>
               1 = serial kernels (a plain gcc build); N > 1 = N threads (the
               OpenMP build); default: all cores. Output does not depend on it.
   --no-mmap   read the checkpoint into memory instead of mapping it
   --profile [table|json]
               after generating, print per-kernel times to stderr
+  --eval <file>
+              print the model's average negative log-likelihood and perplexity
+              on a text file (teacher-forced, windows of seq_len tokens)
   -h, --help  show this help
+Without a checkpoint, the bundled demo model (demo/model.bin) runs.
 """
+
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEMO_MODEL = os.path.join(ROOT, "demo", "model.bin")
+DEMO_TOKENIZER = os.path.join(ROOT, "demo", "tokenizer.bin")
 
 
 class UsageError(Exception):
@@ -66,8 +78,8 @@ def _float(flag, s):
 def parse_args(argv):
     """Options as a dict, with run.c's defaults; raises UsageError."""
     o = dict(checkpoint=None, temperature=1.0, topp=0.9, seed=0, steps=256, prompt=None,
-             tokenizer="tokenizer.bin", mode="generate", system_prompt=None,
-             fastmath="on", threads=0, mmap=True, profile=None, help=False)
+             tokenizer=None, mode="generate", system_prompt=None,
+             fastmath="on", threads=0, mmap=True, profile=None, eval=None, help=False)
     short = {"-t": ("temperature", _float), "-p": ("topp", _float), "-s": ("seed", _int),
              "-n": ("steps", _int), "-i": ("prompt", None), "-z": ("tokenizer", None),
              "-m": ("mode", None), "-y": ("system_prompt", None)}
@@ -87,6 +99,11 @@ def parse_args(argv):
             o["fastmath"] = v
         elif a == "--no-mmap":
             o["mmap"] = False
+        elif a == "--eval":
+            if i + 1 == len(argv):
+                raise UsageError("--eval needs a text file")
+            i += 1
+            o["eval"] = argv[i]
         elif a == "--profile":
             o["profile"] = "table"
             if i + 1 < len(argv) and argv[i + 1] in ("table", "json"):
@@ -287,8 +304,10 @@ class Sampler:
 class Profiler:
     """Charges wall time between tick() calls to named rows, with FLOPs and bytes per call."""
 
-    def __init__(self, p):
+    def __init__(self, p, group_size=0):
         self.p = p
+        # bytes per weight: float32, or int8 plus a float32 scale per group
+        self.wb = 1 + 4 / group_size if group_size else 4
         self.rows = {}  # name -> [calls, seconds, flops, bytes]
         self.pos = 0
         self.last = time.perf_counter()
@@ -311,22 +330,23 @@ class Profiler:
 
     def cost(self, name):
         """(floating-point operations, bytes of weights or KV cache read) of one call."""
-        p, t = self.p, self.pos + 1
+        p, t, wb = self.p, self.pos + 1, self.wb
         dim, hid, kv = p.dim, p.hidden_dim, p.kv_dim
         return {
             "embedding": (0, dim * 4),
             "rmsnorm": (3 * dim, dim * 4),
-            "q/k/v matmul": (2 * dim * (dim + 2 * kv), 4 * dim * (dim + 2 * kv)),
+            "quantize": (0, 0),
+            "q/k/v matmul": (2 * dim * (dim + 2 * kv), wb * dim * (dim + 2 * kv)),
             "RoPE": (6 * (dim + kv), 0),
             "attention scores": (2 * t * dim, 4 * t * kv),
             "attention softmax": (3 * t * p.n_heads, 0),
             "attention weighted sum": (2 * t * dim, 4 * t * kv),
-            "output projection": (2 * dim * dim, 4 * dim * dim),
+            "output projection": (2 * dim * dim, wb * dim * dim),
             "residual": (dim, 0),
-            "w1/w3 matmul": (4 * dim * hid, 8 * dim * hid),
+            "w1/w3 matmul": (4 * dim * hid, 2 * wb * dim * hid),
             "SwiGLU": (5 * hid, 0),
-            "w2 matmul": (2 * dim * hid, 4 * dim * hid),
-            "classifier": (2 * dim * p.vocab_size, 4 * dim * p.vocab_size),
+            "w2 matmul": (2 * dim * hid, wb * dim * hid),
+            "classifier": (2 * dim * p.vocab_size, wb * dim * p.vocab_size),
         }.get(name, (0, 0))
 
     def report(self, tokens, seconds, plain_tok_s):
@@ -508,6 +528,52 @@ def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, st
 
 
 # ----------------------------------------------------------------------------
+# evaluation: teacher-forced negative log-likelihood of a text
+
+@kernel
+def log_prob(logits, target):
+    """log softmax(logits)[target]."""
+    m = logits[0]
+    for i in range(1, logits.shape[0]):
+        m = max(m, logits[i])
+    total = np.float32(0.0)
+    for i in range(logits.shape[0]):
+        total += model.exp(logits[i] - m)
+    return (logits[target] - m) - np.log(total)
+
+
+def evaluate(transformer, tokenizer, text, progress=True):
+    """(targets, average NLL in nats) of text encoded with BOS.
+
+    The tokens are cut into windows of seq_len inputs: window k feeds tokens
+    k*seq_len .. at positions 0, 1, ... and predicts each next token, so every
+    token after BOS is predicted exactly once (the way the demo model's
+    training loss is computed).
+    """
+    tokens = tokenizer.encode(text, bos=True, eos=False)
+    seq = transformer.config.seq_len
+    n = len(tokens) - 1
+    total, done, shown = 0.0, 0, -1
+    show = progress and (n > 2000 or sys.stderr.isatty())
+    t0 = time.perf_counter()
+    for start in range(0, n, seq):
+        for pos in range(min(seq, n - start)):
+            logits = transformer.forward(tokens[start + pos], pos)
+            total -= float(log_prob(logits, tokens[start + pos + 1]))
+            done += 1
+        pct = 100 * done // n
+        if show and pct != shown:
+            shown = pct
+            bar = "#" * (pct // 4)
+            rate = done / (time.perf_counter() - t0)
+            print(f"\reval [{bar:<25}] {pct:3d}% {done}/{n} tokens, {rate:.0f} tok/s", end="", file=sys.stderr,
+                  flush=True)
+    if show:
+        print(file=sys.stderr)
+    return n, (total / n if n else float("nan"))
+
+
+# ----------------------------------------------------------------------------
 # main
 
 def error(msg):
@@ -524,8 +590,16 @@ def main(argv):
         sys.stdout.write(USAGE)
         return 0
     if o["checkpoint"] is None:
-        sys.stderr.write(USAGE)
-        return 1
+        if not os.path.exists(DEMO_MODEL):
+            sys.stderr.write(USAGE)
+            return 1
+        o["checkpoint"] = DEMO_MODEL
+        if o["tokenizer"] is None:
+            o["tokenizer"] = DEMO_TOKENIZER
+        print("run.py: no checkpoint given, running the bundled demo model (demo/model.bin, trained on this "
+              "project's story grammar); for the real TinyStories models see README, 'Models'", file=sys.stderr)
+    if o["tokenizer"] is None:
+        o["tokenizer"] = "tokenizer.bin"  # run.c's default: in the current directory
 
     # run.c's clamps
     seed = o["seed"] % 2**64  # atoi's int lands in an unsigned long long: -1 wraps
@@ -551,12 +625,28 @@ def main(argv):
     prompt = os.fsencode(o["prompt"]) if o["prompt"] is not None else None
     system_prompt = os.fsencode(o["system_prompt"]) if o["system_prompt"] is not None else None
 
+    if o["eval"] is not None:
+        try:
+            with open(o["eval"], "rb") as f:
+                text = f.read()
+        except OSError as e:
+            return error(f"cannot read --eval file {o['eval']}: {e.strerror}")
+        try:
+            n, nll = evaluate(runner, tok, text)
+        except TokenizerError as e:
+            return error(str(e))
+        if n == 0:
+            return error(f"--eval file {o['eval']} has no text to predict")
+        print(f"{o['eval']}: {n} tokens, average negative log-likelihood {nll:.6f} nats/token, "
+              f"perplexity {np.exp(nll):.4f}")
+        return 0
+
     seconds = warm_up(runner, sampler)
     print(f"compile: {seconds:.2f} s (fastmath {model.FASTMATH}, {model.THREADS} "
           f"thread{'s' if model.THREADS > 1 else ''}, cache {model.CACHE_DIR})", file=sys.stderr)
     try:
         if o["mode"] == "generate" and o["profile"]:
-            profiler = Profiler(p)
+            profiler = Profiler(p, runner.weights.group_size if runner.quantized else 0)
             fed = generate(runner, tok, sampler, prompt, steps, profiler)
             if len(fed) > 1:
                 plain = replay(runner, tok, Sampler(p.vocab_size, temperature, topp, seed), fed)

@@ -48,16 +48,20 @@ class NumpyModel:
         self.kcache = np.zeros((L, S, kv))
         self.vcache = np.zeros((L, S, kv))
 
+    def mm(self, name, l, x):
+        """Matrix name (of layer l; None for the classifier) times x."""
+        return (self.w[name][l] if l is not None else self.w[name]) @ x
+
+    def embed(self, token):
+        return self.w["token_embedding"][token].astype(np.float64)
+
     def forward(self, token, pos):
         w, c, hs = self.w, self.c, self.head
-        x = w["token_embedding"][token].copy()
+        x = self.embed(token)
         for l in range(c["n_layers"]):
             xb = _rmsnorm64(x, w["rms_att"][l])
-            q = w["wq"][l] @ xb
-            k = w["wk"][l] @ xb
-            v = w["wv"][l] @ xb
-            q = _rope64(q, pos, hs)
-            k = _rope64(k, pos, hs)
+            q, k, v = self.mm("wq", l, xb), self.mm("wk", l, xb), self.mm("wv", l, xb)
+            q, k = _rope64(q, pos, hs), _rope64(k, pos, hs)
             self.kcache[l, pos] = k
             self.vcache[l, pos] = v
             out = np.zeros(c["dim"])
@@ -67,15 +71,12 @@ class NumpyModel:
                 V = self.vcache[l, :pos + 1, kh * hs:(kh + 1) * hs]
                 s = K @ q[h * hs:(h + 1) * hs] / np.sqrt(hs)
                 a = np.exp(s - s.max())
-                a /= a.sum()
-                out[h * hs:(h + 1) * hs] = a @ V
-            x = x + w["wo"][l] @ out
+                out[h * hs:(h + 1) * hs] = (a / a.sum()) @ V
+            x = x + self.mm("wo", l, out)
             xb = _rmsnorm64(x, w["rms_ffn"][l])
-            h1 = w["w1"][l] @ xb
-            h3 = w["w3"][l] @ xb
-            x = x + w["w2"][l] @ (h1 / (1 + np.exp(-h1)) * h3)
-        x = _rmsnorm64(x, w["rms_final"])
-        return w["wcls"] @ x
+            h1, h3 = self.mm("w1", l, xb), self.mm("w3", l, xb)
+            x = x + self.mm("w2", l, h1 / (1 + np.exp(-h1)) * h3)
+        return self.mm("wcls", None, _rmsnorm64(x, w["rms_final"]))
 
 
 # ----------------------------------------------------------------------------
@@ -248,25 +249,5 @@ class Q8NumpyModel(NumpyModel):
         xq, xs = quantize_q8(np.asarray(x, np.float32), self.gs)
         return matmul_q8(xq, xs, wq, ws, self.gs).astype(np.float64)
 
-    def forward(self, token, pos):
-        w, c, hs = self.w, self.c, self.head
-        x = self.embedding[token].astype(np.float64)
-        for l in range(c["n_layers"]):
-            xb = _rmsnorm64(x, w["rms_att"][l])
-            q, k, v = self.mm("wq", l, xb), self.mm("wk", l, xb), self.mm("wv", l, xb)
-            q, k = _rope64(q, pos, hs), _rope64(k, pos, hs)
-            self.kcache[l, pos] = k
-            self.vcache[l, pos] = v
-            out = np.zeros(c["dim"])
-            for h in range(c["n_heads"]):
-                kh = h // self.kv_mul
-                K = self.kcache[l, :pos + 1, kh * hs:(kh + 1) * hs]
-                V = self.vcache[l, :pos + 1, kh * hs:(kh + 1) * hs]
-                s = K @ q[h * hs:(h + 1) * hs] / np.sqrt(hs)
-                a = np.exp(s - s.max())
-                out[h * hs:(h + 1) * hs] = (a / a.sum()) @ V
-            x = x + self.mm("wo", l, out)
-            xb = _rmsnorm64(x, w["rms_ffn"][l])
-            h1, h3 = self.mm("w1", l, xb), self.mm("w3", l, xb)
-            x = x + self.mm("w2", l, h1 / (1 + np.exp(-h1)) * h3)
-        return self.mm("wcls", None, _rmsnorm64(x, w["rms_final"]))
+    def embed(self, token):
+        return self.embedding[token].astype(np.float64)

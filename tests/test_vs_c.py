@@ -57,30 +57,28 @@ def _run(cmd, stdin=None):
     return r.returncode, r.stdout
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "r512-unshared-v0", "r512-mqa-sharp", "stories260K", "r32000"])
-def test_generate_matches_c(models, name, case):
+def assert_same_output(binary, models, name, args, stdin=None):
+    """(exit code, stdout) of the C binary and of run.py --no-fastmath --threads 1 are equal."""
     if name not in models:
         pytest.skip(f"{name} needs ../shared/models")
     ckpt, tok = models[name]
-    args = [str(ckpt), "-z", str(tok)] + CASES[case]
-    c_rc, c_out = _run([RUN_C] + args)
-    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"])
-    assert (py_rc, py_out) == (c_rc, c_out)
+    args = [str(ckpt), "-z", str(tok)] + args
+    want = _run([binary] + args, stdin)
+    got = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"], stdin)
+    assert got == want
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "r512-unshared-v0", "r512-mqa-sharp", "stories260K", "r32000"])
+def test_generate_matches_c(models, name, case):
+    assert_same_output(RUN_C, models, name, CASES[case])
 
 
 @pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "stories260K", "r32000"])
 def test_chat_matches_c(models, name):
-    if name not in models:
-        pytest.skip(f"{name} needs ../shared/models")
-    ckpt, tok = models[name]
     # run.c loops on its last line when stdin ends, so give it enough turns to use every step
     stdin = ("You are a dog.\nhello there\n" + "tell me more\n" * 40).encode()
-    args = [str(ckpt), "-z", str(tok), "-m", "chat", "-s", "5", "-n", "256", "-t", "0.9"]
-    c_rc, c_out = _run([RUN_C] + args, stdin)
-    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"],
-                         stdin)
-    assert (py_rc, py_out) == (c_rc, c_out)
+    assert_same_output(RUN_C, models, name, ["-m", "chat", "-s", "5", "-n", "256", "-t", "0.9"], stdin)
 
 
 RUNQ_C = os.path.join(C_DIR, "runq")
@@ -109,10 +107,4 @@ def q8_models(tmp_path_factory, models):
 @pytest.mark.parametrize("case", [1, 2, 4, 5, 7])
 @pytest.mark.parametrize("name", ["q8-gqa-gs16", "q8-unshared-gs32", "stories260K-q80"])
 def test_int8_generate_matches_runq(q8_models, name, case):
-    if name not in q8_models:
-        pytest.skip(f"{name} needs ../shared/models")
-    ckpt, tok = q8_models[name]
-    args = [str(ckpt), "-z", str(tok)] + CASES[case]
-    c_rc, c_out = _run([RUNQ_C] + args)
-    py_rc, py_out = _run([sys.executable, os.path.join(ROOT, "run.py")] + args + ["--no-fastmath", "--threads", "1"])
-    assert (py_rc, py_out) == (c_rc, c_out)
+    assert_same_output(RUNQ_C, q8_models, name, CASES[case])
