@@ -28,10 +28,9 @@ def main(argv):
     os.environ["LLAMA2_THREADS"] = str(a.threads)
     sys.path.insert(0, ROOT)
     global model
+    import model  # first: it settles numba's cache directory for this mode
     import numba
     import numpy as np
-
-    import model
     jit = numba.njit(fastmath=model.FASTMATH_FLAGS[model.FASTMATH], parallel=model.PARALLEL)
 
     @jit
