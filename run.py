@@ -46,7 +46,7 @@ Without a checkpoint, the bundled demo model (demo/model.bin) runs.
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_MODEL = os.path.join(ROOT, "demo", "model.bin")
-DEMO_TOKENIZER = os.path.join(ROOT, "demo", "tokenizer.bin")
+DEMO_TOKENIZER = os.path.join(ROOT, "demo", "tok512.bin")
 
 
 class UsageError(Exception):

@@ -33,7 +33,7 @@ def heldout_text(n=12, seed=4242):
 
 @need_demo
 def test_demo_files_are_small_and_load():
-    size = sum(os.path.getsize(os.path.join(DEMO, f)) for f in ("model.bin", "tokenizer.bin"))
+    size = sum(os.path.getsize(os.path.join(DEMO, f)) for f in ("model.bin", "tok512.bin"))
     assert size <= 8 * 2**20
     t = model.Transformer(os.path.join(DEMO, "model.bin"))
     assert t.version == 1 and t.config.vocab_size == 512
@@ -132,7 +132,7 @@ def test_demo_eval_agrees_with_the_training_framework_loss(tmp_path):
     n, nll, _ = _nll(out)
     t = model.Transformer(os.path.join(DEMO, "model.bin"))
     from tokenizer import Tokenizer
-    tokens = Tokenizer(os.path.join(DEMO, "tokenizer.bin"), 512).encode(text)
+    tokens = Tokenizer(os.path.join(DEMO, "tok512.bin"), 512).encode(text)
     hf = _to_hf(t)
     seq = t.config.seq_len
     total, count = 0.0, 0

@@ -2,7 +2,7 @@
 """Train the bundled demo model from scratch (CPU, fixed seed), then convert it with export.py hf.
 
     pip install ".[test,hf]"
-    python tools/train_demo.py                     # writes demo/model.bin and demo/tokenizer.bin
+    python tools/train_demo.py                     # writes demo/model.bin and demo/tok512.bin
 
 1. A corpus from tools/story_grammar.py (training and held-out stories from different seeds).
 2. A sentencepiece BPE vocabulary with Llama 2's settings, exported by tokenizer.py.
@@ -143,6 +143,8 @@ def main(argv):
     cmd = [sys.executable, os.path.join(ROOT, "export.py"), "hf", hf_dir, os.path.join(a.out, "model.bin"),
            "--version", "1"] + (["--force"] if a.force else [])
     subprocess.run(cmd, check=True)
+    # export.py names the vocabulary tokenizer.bin; the demo's is tok512.bin, like stories260K's
+    os.replace(os.path.join(a.out, "tokenizer.bin"), os.path.join(a.out, "tok512.bin"))
     print(f"total time {(time.perf_counter() - t_start) / 60:.1f} min", flush=True)
     return 0
 
