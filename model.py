@@ -262,15 +262,8 @@ def read_checkpoint(path, mmap=True):
         return p, _read_q8(path, p, shared, group_size, header_bytes, size, mmap), version
     layout = _layout(version, p, shared)
     n_floats = sum(int(np.prod(shape)) for _, shape in layout)
-    expected = header_bytes + 4 * n_floats
-    if size != expected:
-        what = "truncated" if size < expected else "longer than its header describes"
-        raise CheckpointError(f"checkpoint {path} is {size} bytes but its header (format version "
-                              f"{version}, {p}) needs {expected}: the file is {what}")
-    if mmap:
-        flat = np.asarray(np.memmap(path, dtype="<f4", mode="r", offset=header_bytes, shape=(n_floats,)))
-    else:
-        flat = np.fromfile(path, dtype="<f4", count=n_floats, offset=header_bytes)
+    _check_size(path, size, header_bytes + 4 * n_floats, f"format version {version}, {p}")
+    flat = _file_bytes(path, mmap)[header_bytes:].view("<f4")
     tensors, off = {}, 0
     for name, shape in layout:
         n = int(np.prod(shape))
@@ -282,6 +275,20 @@ def read_checkpoint(path, mmap=True):
     return p, w, version
 
 
+def _check_size(path, size, expected, header):
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header describes"
+        raise CheckpointError(f"checkpoint {path} is {size} bytes but its header ({header}) needs "
+                              f"{expected}: the file is {what}")
+
+
+def _file_bytes(path, mmap):
+    """The whole file as one uint8 array: mapped read-only, or read into memory."""
+    if mmap:
+        return np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))
+    return np.fromfile(path, dtype=np.uint8)
+
+
 def _read_q8(path, p, shared, gs, header_bytes, size, mmap):
     """TransformerWeightsQ8 of a version-2 file: per-layer (int8 values, float32 scales) views."""
     L, dim, hid, kv, vocab = p.n_layers, p.dim, p.hidden_dim, p.kv_dim, p.vocab_size
@@ -290,14 +297,8 @@ def _read_q8(path, p, shared, gs, header_bytes, size, mmap):
     qbytes = lambda rows, cols: rows * cols + rows * cols // gs * 4  # noqa: E731
     expected = (header_bytes + 4 * (2 * L * dim + dim) + qbytes(vocab, dim)
                 + sum(L * qbytes(r, c) for _, r, c in mats) + (0 if shared else qbytes(vocab, dim)))
-    if size != expected:
-        what = "truncated" if size < expected else "longer than its header describes"
-        raise CheckpointError(f"checkpoint {path} is {size} bytes but its header (format version 2, "
-                              f"group size {gs}, {p}) needs {expected}: the file is {what}")
-    if mmap:
-        raw = np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))
-    else:
-        raw = np.fromfile(path, dtype=np.uint8)
+    _check_size(path, size, expected, f"format version 2, group size {gs}, {p}")
+    raw = _file_bytes(path, mmap)
     off = header_bytes
 
     def floats(n, shape):
