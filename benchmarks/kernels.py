@@ -3,12 +3,13 @@
 
     python benchmarks/kernels.py [--fastmath off|on] [--threads N]
 
-The variants compute 1, 4 or 8 output rows per loop iteration (each row still
-one sequential sum over j). Each is first compared with the plain one-row
-strict kernel, bit for bit when fast math is off, then timed over many
-distinct matrices (more bytes than the caches hold, as in a real forward
-pass), alternating variants, median of 7 rounds. This is how model.py's
-block sizes were chosen.
+The variants compute 1 output row per loop iteration, or 8 (model.matmul;
+each row still one sequential sum over j). Each is first compared with the
+plain one-row strict kernel, bit for bit when fast math is off, then timed
+over many distinct matrices (more bytes than the caches hold, as in a real
+forward pass), alternating variants, median of 7 rounds. A kernel alone is
+only half the story: model.py's final choices (8-row blocks, one-row fused
+w1/w3 with fast math) were made by timing whole forward passes side by side.
 """
 
 import argparse
@@ -38,17 +39,7 @@ def main(argv):
         for i in numba.prange(w.shape[0]):
             model._row(xout, x, w, i)
 
-    @jit
-    def rows4(xout, x, w):
-        for b in numba.prange(w.shape[0] // 4):
-            model._rows4(xout, x, w, 4 * b)
-
-    @jit
-    def rows8(xout, x, w):
-        for b in numba.prange(w.shape[0] // 8):
-            model._rows8(xout, x, w, 8 * b)
-
-    variants = {"1 row": rows1, "4 rows": rows4, "8 rows": rows8}
+    variants = {"1 row": rows1, "8 rows": model.matmul}
     rng = np.random.default_rng(0)
     print(f"fast math {a.fastmath}, {a.threads} thread(s); GB/s of weights streamed (median of 7)")
     print(f"{'shape':>12} " + " ".join(f"{name:>10}" for name in variants))
