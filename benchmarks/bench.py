@@ -247,12 +247,34 @@ def table(results, threads, baseline, nbytes, bw, title):
     return "\n".join(lines)
 
 
+def paired_table(results):
+    """Each run.py configuration over each llama2.c build, round by round (median of the ratios).
+
+    Runs in the same round are seconds apart, so a ratio within a round is
+    less exposed to the machine's drift than a ratio of medians.
+    """
+    cs = [k for k in results if k.startswith("llama2.c")]
+    lines = ["### Paired ratios: run.py / llama2.c in the same round (median, min-max over rounds)", "",
+             "| configuration | " + " | ".join(cs) + " |", "| --- |" + " ---: |" * len(cs)]
+    for name, v in results.items():
+        if name in cs:
+            continue
+        cells = []
+        for c in cs:
+            r = [a / b for a, b in zip(v, results[c])]
+            cells.append(f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="side-by-side tok/s of run.py configurations")
     ap.add_argument("model")
     ap.add_argument("-z", "--tokenizer", default="tokenizer.bin")
     ap.add_argument("--c", action="append", default=[], metavar="BINARY",
                     help="a llama2.c build to run alongside (repeatable); run with OMP_NUM_THREADS=cores")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the run.py configurations whose name contains TEXT (repeatable)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--flags-table", action="store_true", help="also llama2.c's compile-flag table")
@@ -280,7 +302,7 @@ def main(argv):
                   model=args.model, config=dict(config._asdict()), bytes_per_token=nbytes,
                   bandwidth_gbs={str(k): v for k, v in bw.items()}, steps=args.steps, runs=args.runs,
                   page_cache_2mb_fraction=huge)
-    configs = dict(CONFIGS)
+    configs = {k: v for k, v in CONFIGS.items() if not args.only or any(t in k for t in args.only)}
     for c in args.c:
         configs["C:" + os.path.abspath(c)] = ([], {})
     results = measure(configs, args, "configurations")
@@ -298,6 +320,8 @@ def main(argv):
              if huge is not None and after is not None else ""),
           "", table(results, threads, BASELINE, nbytes, bw, f"run.py configurations, {args.steps} steps, "
                                                      f"median of {args.runs} alternating runs")]
+    if args.c:
+        md += ["", paired_table(results)]
     if args.flags_table:
         flags = measure(FLAG_CONFIGS, args, "flags table")
         report["flags_table"] = flags
