@@ -296,9 +296,10 @@ def _advise_huge_pages(m):
     """Ask Linux to fill the page cache for this mapping with 2 MB folios.
 
     Pages not yet cached are then read in 2 MB pieces and mapped with one TLB
-    entry each; under a hypervisor a 4 KB TLB miss costs a two-level page walk,
-    and streaming 110M-shaped weights measured up to 25% faster on 2 MB pages.
-    Pages already cached keep their size. Only a hint: any failure is ignored.
+    entry each (under a hypervisor a 4 KB TLB miss costs a two-level page
+    walk): llama2.c's runomp streamed the 110M shape 26% faster from 2 MB
+    folios than from 4 KB ones (benchmarks/RESULTS.md). Pages already cached
+    keep their size. Only a hint: any failure is ignored.
     """
     advice = getattr(mmap_module, "MADV_HUGEPAGE", None)
     if advice is not None and m._mmap is not None and len(m):
