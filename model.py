@@ -302,9 +302,10 @@ def _advise_huge_pages(m):
     keep their size. Only a hint: any failure is ignored.
     """
     advice = getattr(mmap_module, "MADV_HUGEPAGE", None)
-    if advice is not None and m._mmap is not None and len(m):
+    mapping = getattr(m, "_mmap", None)  # numpy's private handle; absent in some versions
+    if advice is not None and mapping is not None and len(m):
         try:
-            m._mmap.madvise(advice)
+            mapping.madvise(advice)
         except OSError:
             pass
 

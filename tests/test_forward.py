@@ -1,5 +1,7 @@
 """The forward pass against independent references (tests/reference.py)."""
 
+import mmap
+import os
 import re
 
 import numpy as np
@@ -70,6 +72,26 @@ def test_mmap_and_in_memory_loading_agree(tmp_path):
     assert not a.weights.wq.flags.writeable  # read-only mapping, never written
     for pos in range(5):
         assert np.array_equal(a.forward(pos, pos), b.forward(pos, pos))
+
+
+def test_the_mapping_asks_for_huge_pages(tmp_path):
+    """The checkpoint's mapping carries MADV_HUGEPAGE ("hg" in its smaps VmFlags, Linux)."""
+    if not os.path.exists("/proc/self/smaps") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("needs Linux with transparent huge pages")
+    w = random_weights(*SHAPES["mqa"], seed=5)
+    path = str(write_checkpoint(tmp_path / "hp.bin", w))
+    t = model.Transformer(path, mmap=True)
+    start = t.weights.wq.ctypes.data
+    flags = None
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if line.endswith("hp.bin"):
+            lo, hi = (int(a, 16) for a in line.split()[0].split("-"))
+            if lo <= start < hi:
+                flags = next(x for x in lines[i + 1:] if x.startswith("VmFlags:")).split()[1:]
+    print("VmFlags:", flags)
+    assert flags is not None and "hg" in flags
 
 
 def test_weights_are_zero_copy_views_of_one_flat_array(tmp_path):
