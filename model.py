@@ -506,15 +506,28 @@ def matmul_qkv(q, k, v, x, wq, wk, wv):
 
 @pkernel
 def matmul2(h1, h3, x, w1, w3):
-    """h1 = w1 @ x and h3 = w3 @ x in one parallel loop."""
-    nb = w1.shape[0] // BLOCK
-    for b in prange(2 * nb):
-        if b < nb:
-            _rows8(h1, x, w1, b)
-        else:
-            _rows8(h3, x, w3, b - nb)
-    _tail(h1, x, w1)
-    _tail(h3, x, w3)
+    """h1 = w1 @ x and h3 = w3 @ x in one parallel loop (the profiler's half of ffn_up).
+
+    Rows are computed as ffn_up computes them in each mode (8-row blocks when
+    strict, single rows with fast math, whose sums round differently), so the
+    profiled forward keeps forward's logits bit for bit.
+    """
+    if FASTMATH == "off":
+        nb = w1.shape[0] // BLOCK
+        for b in prange(2 * nb):
+            if b < nb:
+                _rows8(h1, x, w1, b)
+            else:
+                _rows8(h3, x, w3, b - nb)
+        _tail(h1, x, w1)
+        _tail(h3, x, w3)
+    else:
+        d = w1.shape[0]
+        for r in prange(2 * d):
+            if r < d:
+                _row(h1, x, w1, r)
+            else:
+                _row(h3, x, w3, r - d)
 
 
 @kernel
@@ -529,6 +542,14 @@ def swiglu(hb, hb2):
     """hb = silu(hb) * hb2."""
     for i in range(hb.shape[0]):
         hb[i] = silu_mul(hb[i], hb2[i])
+
+
+@inline
+def _ffn_row(hb, hb2, x, w1, w3, i):
+    """hb[i] = silu(w1[i] . x) * (w3[i] . x), one row of each."""
+    _row(hb, x, w1, i)
+    _row(hb2, x, w3, i)
+    hb[i] = silu_mul(hb[i], hb2[i])
 
 
 @pkernel
@@ -547,14 +568,10 @@ def ffn_up(hb, hb2, x, w1, w3):
             for i in range(BLOCK * b, BLOCK * b + BLOCK):
                 hb[i] = silu_mul(hb[i], hb2[i])
         for i in range(BLOCK * nb, w1.shape[0]):
-            _row(hb, x, w1, i)
-            _row(hb2, x, w3, i)
-            hb[i] = silu_mul(hb[i], hb2[i])
+            _ffn_row(hb, hb2, x, w1, w3, i)
     else:
         for i in prange(w1.shape[0]):
-            _row(hb, x, w1, i)
-            _row(hb2, x, w3, i)
-            hb[i] = silu_mul(hb[i], hb2[i])
+            _ffn_row(hb, hb2, x, w1, w3, i)
 
 
 @kernel

@@ -3,6 +3,8 @@
 import mmap
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -136,9 +138,6 @@ def test_no_kernel_widens_float32_to_float64(tmp_path, mode):
     Cached code cannot be inspected, so the kernels are compiled afresh in a
     subprocess with an empty cache, in the given mode.
     """
-    import os
-    import subprocess
-    import sys
     from conftest import ROOT, TESTS
     env = dict(os.environ, LLAMA2_FASTMATH=mode[0], LLAMA2_THREADS=str(mode[1]),
                LLAMA2_CACHE_DIR=str(tmp_path / "cache"))
@@ -181,3 +180,29 @@ def test_profiled_forward_gives_the_same_logits_bit_for_bit(tmp_path):
         assert np.array_equal(got.view(np.int32), want.view(np.int32))
     assert {"embedding", "q/k/v matmul", "attention scores", "attention softmax", "attention weighted sum",
             "w1/w3 matmul", "SwiGLU", "w2 matmul", "classifier"} <= set(names)
+
+
+_PROFILED_CHECK = """
+import sys
+import numpy as np
+import model
+a, b = model.Transformer(sys.argv[1]), model.Transformer(sys.argv[1])
+for pos, tok in enumerate([1, 5, 9, 2, 77, 3]):
+    want = a.forward(tok, pos).copy()
+    got = b.forward_profiled(tok, pos, lambda name: None)
+    assert np.array_equal(got.view(np.int32), want.view(np.int32)), (model.FASTMATH, pos)
+print(model.FASTMATH, model.THREADS, "bit-identical")
+"""
+
+
+@pytest.mark.parametrize("mode", [("on", 2), ("unsafe", 1)], ids=["fast-parallel", "unsafe-serial"])
+def test_profiled_forward_is_bit_identical_with_fast_math_too(tmp_path, mode):
+    """With fast math a row's rounding depends on how rows are blocked; the profiler must block alike."""
+    from conftest import ROOT
+    w = random_weights(*SHAPES["gqa"], shared=False, seed=12)  # hidden_dim 172: a block tail too
+    path = str(write_checkpoint(tmp_path / "m.bin", w))
+    env = dict(os.environ, LLAMA2_FASTMATH=mode[0], LLAMA2_THREADS=str(mode[1]))
+    out = subprocess.run([sys.executable, "-c", _PROFILED_CHECK, path], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    print(out.stdout)
+    assert out.returncode == 0, out.stderr
