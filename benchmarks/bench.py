@@ -157,17 +157,28 @@ def bandwidth_probe():
     return result
 
 
-def page_cache_huge_fraction(path):
-    """Share of the file's bytes that a fresh read-only mapping maps with 2 MB pages (Linux)."""
+def _map_and_touch(path, huge=False):
+    """The file mapped read-only, every page faulted in (asking for 2 MB folios if huge)."""
     import mmap
     import numpy as np
     with open(path, "rb") as f:
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if huge:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    a = np.frombuffer(m, np.uint8)
+    int(a[::4096].sum())
+    start = a.ctypes.data
+    del a  # the mmap cannot close while a view exports its buffer
+    return m, start
+
+
+def page_cache_huge_fraction(path):
+    """Share of the file's bytes that a plain read-only mapping (llama2.c's) maps with 2 MB pages."""
     try:
-        a = np.frombuffer(m, np.uint8)
-        int(a[::4096].sum())  # fault every page in
-        start = a.ctypes.data
-        del a
+        m, start = _map_and_touch(path)
+    except OSError:
+        return None
+    try:
         with open("/proc/self/smaps") as f:
             lines = f.read().splitlines()
         for i, line in enumerate(lines):
@@ -189,23 +200,15 @@ def refill_page_cache(path):
 
     How the page cache holds a checkpoint (4 KB pages or 2 MB folios) is left
     over from whoever read it first, and it moves tok/s of every program that
-    maps it (up to 25% on the 110M shape here). Refilling it once makes runs
-    comparable across sessions; llama2.c's builds map the same page cache.
+    maps it (26% for runomp on the 110M shape here). Refilling it once makes
+    runs comparable across sessions; llama2.c's builds map the same page cache.
     """
-    import mmap
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    with open(path, "rb") as f:
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        m.madvise(mmap.MADV_HUGEPAGE)
-        for off in range(0, len(m), 4096):
-            m[off]
-    finally:
-        m.close()
+    _map_and_touch(path, huge=True)[0].close()
 
 
 def bytes_per_token(model_path):
