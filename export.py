@@ -6,23 +6,24 @@
     python export.py v0 IN.bin OUT.bin                           v1 -> legacy v0
     python export.py hf DIR OUT.bin [--version 0|1|2] [--group-size 64]
 
-All in NumPy (the hf command reads safetensors in NumPy mode; no PyTorch).
-Every command refuses to overwrite an existing output without --force and
-writes to OUT.bin.tmp first, renaming it at the end, so an interrupted export
-never leaves a half-written checkpoint behind.
+All in NumPy, no numba and no PyTorch (the hf command reads safetensors in
+NumPy mode). Every command refuses to overwrite an existing output without
+--force (and an output that is its input, even with --force), and writes
+under a temporary name in the output's directory, renamed at the end: an
+interrupted or failed export (Ctrl-C, SIGTERM, a full disk) leaves nothing
+behind.
 """
 
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 
 import numpy as np
 
-import model
-from model import MAGIC, CheckpointError, Config
+import checkpoint
+from checkpoint import AtomicWrite, CheckpointError, Config, OutputError
 
 
 class ExportError(Exception):
@@ -30,21 +31,17 @@ class ExportError(Exception):
 
 
 # ----------------------------------------------------------------------------
-# weights in memory: a dict of float32 arrays with model.TransformerWeights' names
-
-LAYER_MATS = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
-
+# weights in memory: a dict of float32 arrays with checkpoint.fp32_layout's names
 
 def read_fp32(path):
     """(Config, dict of float32 arrays, shared) from a version 0 or 1 checkpoint."""
     try:
-        p, w, version = model.read_checkpoint(path)
+        h, t = checkpoint.read(path)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
-    if version == 2:
+    if h.version == 2:
         raise ExportError(f"{path} is already int8 (format version 2); export works from fp32 checkpoints")
-    shared = w.wcls is w.token_embedding_table
-    return p, w._asdict(), shared
+    return h.config, t, h.shared
 
 
 class Progress:
@@ -55,11 +52,11 @@ class Progress:
         self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
-    def step(self, nbytes, note=""):
+    def step(self, name, nbytes, note=""):
         self.done += 1
         self.bytes += nbytes
         line = (f"{self.label}: {self.done}/{self.total} tensors, {self.bytes / 1e6:.1f} MB, "
-                f"{time.perf_counter() - self.t0:.1f} s {note}")
+                f"{time.perf_counter() - self.t0:.1f} s {name} {note}")
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif self.done == self.total or self.done % 10 == 0:
@@ -68,98 +65,6 @@ class Progress:
     def close(self):
         if self.tty:
             print(file=sys.stderr)
-
-
-class AtomicOutput:
-    """A file written as OUT.tmp and renamed to OUT only when complete."""
-
-    def __init__(self, path, force):
-        if os.path.exists(path) and not force:
-            raise ExportError(f"{path} exists; pass --force to overwrite it")
-        self.path, self.tmp = path, path + ".tmp"
-
-    def __enter__(self):
-        try:
-            self.f = open(self.tmp, "wb")
-        except OSError as e:
-            raise ExportError(f"cannot write {self.path}: {e.strerror}") from None
-        return self.f
-
-    def __exit__(self, kind, value, tb):
-        self.f.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.remove(self.tmp)
-        return False
-
-
-def _ints(p):
-    return [p.dim, p.hidden_dim, p.n_layers, p.n_heads, p.n_kv_heads, p.vocab_size, p.seq_len]
-
-
-def _f32(f, a, progress, note=""):
-    a = np.ascontiguousarray(a, dtype="<f4")
-    f.write(a.tobytes())
-    progress.step(a.nbytes, note)
-
-
-def write_v0(path, p, w, shared, force=False):
-    """Legacy format: 28-byte header (negative vocab = separate classifier), RoPE tables zeroed."""
-    order = ["token_embedding_table", "rms_att_weight"] + LAYER_MATS[:4] + ["rms_ffn_weight"] + LAYER_MATS[4:] \
-        + ["rms_final_weight"]
-    progress = Progress(len(order) + 2 + (not shared), f"writing {path}")
-    with AtomicOutput(path, force) as f:
-        ints = _ints(p)
-        ints[5] = ints[5] if shared else -ints[5]
-        f.write(struct.pack("<7i", *ints))
-        for name in order:
-            _f32(f, w[name], progress, name)
-        # the old precomputed RoPE tables: run.c skips them, nothing reads them
-        rope = np.zeros(p.seq_len * p.head_size // 2, np.float32)
-        _f32(f, rope, progress, "freq_cis_real")
-        _f32(f, rope, progress, "freq_cis_imag")
-        if not shared:
-            _f32(f, w["wcls"], progress, "wcls")
-    progress.close()
-
-
-def _header(version, p, shared, group_size=None):
-    h = struct.pack("<Ii7iB", MAGIC, version, *_ints(p), int(shared))
-    if group_size is not None:
-        h += struct.pack("<i", group_size)
-    return h + b"\0" * (256 - len(h))
-
-
-def write_v1(path, p, w, shared, force=False):
-    """Version 1: 256-byte header, norms first, then the matrices; fp32."""
-    order = ["rms_att_weight", "rms_ffn_weight", "rms_final_weight", "token_embedding_table"] + LAYER_MATS
-    if not shared:
-        order.append("wcls")
-    progress = Progress(len(order), f"writing {path}")
-    with AtomicOutput(path, force) as f:
-        f.write(_header(1, p, shared))
-        for name in order:
-            _f32(f, w[name], progress, name)
-    progress.close()
-
-
-# ----------------------------------------------------------------------------
-# int8 (Q8_0)
-
-def quantize_q80(a, group_size):
-    """(int8 values, float32 scales, max abs error) of a tensor in groups over its flat index.
-
-    Like llama2.c's exporter: scale = max|w| / 127, values w / scale rounded to
-    nearest even (torch.round); an all-zero group gets scale 0 and values 0.
-    """
-    w = np.asarray(a, np.float32).reshape(-1, group_size)
-    wmax = np.abs(w).max(axis=1)
-    scale = (wmax / np.float32(127.0)).astype(np.float32)
-    safe = np.where(scale == 0, np.float32(1.0), scale)
-    q = np.rint(w / safe[:, None]).astype(np.int8)
-    err = float(np.abs(q.astype(np.float32) * scale[:, None] - w).max()) if w.size else 0.0
-    return q.reshape(-1), scale, err
 
 
 def group_size_for(p, group_size):
@@ -176,39 +81,24 @@ def group_size_for(p, group_size):
     return gs
 
 
-def write_v2(path, p, w, shared, group_size=64, force=False):
-    """Version 2: norms in fp32, every matrix as int8 values then float32 group scales."""
-    gs = group_size_for(p, group_size)
-    tensors = [("token_embedding_table", w["token_embedding_table"])]
-    for name in LAYER_MATS:
-        tensors += [(f"{name}[{l}]", w[name][l]) for l in range(p.n_layers)]
-    if not shared:
-        tensors.append(("wcls", w["wcls"]))
-    progress = Progress(3 + len(tensors), f"writing {path}")
-    worst = (0.0, "")
-    with AtomicOutput(path, force) as f:
-        f.write(_header(2, p, shared, gs))
-        for name in ["rms_att_weight", "rms_ffn_weight", "rms_final_weight"]:
-            _f32(f, w[name], progress, name)
-        for name, a in tensors:
-            q, s, err = quantize_q80(a, gs)
-            f.write(q.tobytes())
-            f.write(s.astype("<f4").tobytes())
-            worst = max(worst, (err, name))
-            progress.step(q.nbytes + s.nbytes, f"{name} max error {err:.6f}")
-    progress.close()
-    print(f"max quantization group error across all weights: {worst[0]:.6f} (in {worst[1]}), group size {gs}",
-          file=sys.stderr)
-    return worst[0]
-
-
-def write(path, p, w, shared, version, group_size=64, force=False):
-    if version == 0:
-        write_v0(path, p, w, shared, force)
-    elif version == 1:
-        write_v1(path, p, w, shared, force)
+def write(path, p, w, shared, version, group_size=64, force=False, inputs=()):
+    """Write the weights as a version 0, 1 or 2 checkpoint (int8 in groups, backed off to fit)."""
+    gs = group_size_for(p, group_size) if version == 2 else 0
+    if version < 2:
+        count = len(checkpoint.fp32_layout(version, p, shared))
     else:
-        write_v2(path, p, w, shared, group_size, force)
+        count = 3 + len(checkpoint.q8_layout(p, shared))
+    progress = Progress(count, f"writing {path}")
+    try:
+        with AtomicWrite(path, force, inputs) as f:
+            worst = checkpoint.write(f, version, p, w, shared, gs, progress.step)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+    finally:
+        progress.close()
+    if version == 2:
+        print(f"max quantization group error across all weights: {worst[0]:.6f} (in {worst[1]}), group size {gs}",
+              file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -333,7 +223,7 @@ def main(argv):
         else:
             p, w, shared = read_fp32(a.input)
             version = {"quantize": 2, "v0": 0, "v1": 1}[a.cmd]
-            write(a.output, p, w, shared, version, getattr(a, "group_size", 64), a.force)
+            write(a.output, p, w, shared, version, getattr(a, "group_size", 64), a.force, inputs=[a.input])
     except ExportError as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         return 1
@@ -342,4 +232,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))  # Ctrl-C: quiet, the temporary file removed
     sys.exit(main(sys.argv[1:]))

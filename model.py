@@ -2,101 +2,34 @@
 
 Read alongside run.c: the same structs (Config, TransformerWeights, RunState),
 the same kernels in the same order, one `forward` with the layer loop inline.
+Where run.c's forward runs one token, this one runs a batch of rows, each a
+token of some sequence at some position: a prompt is many rows of one
+sequence, generating is one row, decoding several samples is one row per
+sequence. Every output of every kernel is computed in one fixed order,
+whatever the batch and the thread count: a prompt fed in one pass gives the
+same bits as one token at a time, and a sample decoded beside others the
+same bits as alone.
 
-The compile mode is fixed once per process, before numba is imported, from two
-environment variables that run.py sets from its flags:
-  LLAMA2_FASTMATH  off | unsafe | on   (gcc -O3 | -funsafe-math-optimizations | -Ofast)
-  LLAMA2_THREADS   1 = serial kernels (plain gcc), N > 1 = prange kernels (OpenMP)
-Each mode gets its own on-disk JIT cache, because numba's cache does not key
-on the fast-math flags (see NUMBA-NOTES.md).
+The compile mode (fast math, threads, target CPU, cache) is settled by jit.py
+before numba loads; see there what each fast-math mode computes.
 """
 
-import hashlib
-import mmap as mmap_module
 import os
-import sys
+import time
 from collections import namedtuple
 
 import numpy as np
 
-# ----------------------------------------------------------------------------
-# compile mode (must be settled before numba is imported)
-
-FASTMATH_FLAGS = {
-    "off": False,
-    # what -funsafe-math-optimizations allows: reassociation, reciprocals, no
-    # signed zeros, contraction, approximate functions; NaN/Inf stay honoured
-    "unsafe": {"nsz", "arcp", "contract", "afn", "reassoc"},
-    "on": True,  # all seven LLVM flags, like -Ofast / -ffast-math
-}
-_ALIASES = {"0": "off", "false": "off", "no": "off", "1": "on", "true": "on", "yes": "on"}
-
-
-def compile_mode():
-    """(fastmath name, thread count) requested through the environment."""
-    fm = os.environ.get("LLAMA2_FASTMATH", "on").strip().lower()
-    fm = _ALIASES.get(fm, fm)
-    if fm not in FASTMATH_FLAGS:
-        raise ValueError(f"LLAMA2_FASTMATH={fm!r}: expected off, unsafe or on")
-    threads = int(os.environ.get("LLAMA2_THREADS") or 0) or (os.cpu_count() or 1)
-    return fm, threads
-
-
-def cache_dir(fastmath, parallel):
-    """One JIT cache per (fast-math set, serial/parallel, target CPU, source version).
-
-    numba's cache checks the timestamp of a kernel's own file only: run.py's
-    kernels call model.py's and would keep stale copies of them after model.py
-    changes. Keying the directory on a hash of the kernel sources avoids that.
-    """
-    base = os.environ.get("LLAMA2_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llama2-numba")
-    cpu = os.environ.get("NUMBA_CPU_NAME") or "host"
-    here = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha1()
-    for name in ("model.py", "run.py"):
-        try:
-            with open(os.path.join(here, name), "rb") as f:
-                digest.update(f.read())
-        except OSError:
-            pass
-    return os.path.join(base, f"{fastmath}-{'parallel' if parallel else 'serial'}-{cpu}", digest.hexdigest()[:12])
-
-
-FASTMATH, THREADS = compile_mode()
-PARALLEL = THREADS > 1
-CACHE_DIR = cache_dir(FASTMATH, PARALLEL)
-
-if "numba" not in sys.modules:
-    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR
-    if PARALLEL:
-        os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
-
-import numba  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import njit, prange, types  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
-
-if os.path.abspath(numba.config.CACHE_DIR or "") != os.path.abspath(CACHE_DIR):
-    # numba was imported earlier with another cache: entries written in another
-    # fast-math mode could be loaded for this one, silently changing results
-    raise ImportError("model.py must be imported before numba (or with NUMBA_CACHE_DIR="
-                      f"{CACHE_DIR}) so each fast-math mode keeps its own JIT cache")
-if PARALLEL:
-    numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
-
-_fm = FASTMATH_FLAGS[FASTMATH]
-kernel = njit(cache=True, fastmath=_fm, nogil=True)  # serial kernels and glue
-pkernel = njit(cache=True, fastmath=_fm, nogil=True, parallel=PARALLEL)  # prange kernels
-inline = njit(cache=True, fastmath=_fm, nogil=True, inline="always")  # hot helpers, inlined by numba
+import checkpoint
+from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
+from jit import (EXP_POLY, LANES, STRICT, TILE, clock_ns, fma, inline, kernel, pkernel, tile_fma, tile_get, tile_muladd,
+                 tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
 # ----------------------------------------------------------------------------
 # Transformer, TransformerWeights and RunState
-
-Config = namedtuple("Config", "dim hidden_dim n_layers n_heads n_kv_heads vocab_size seq_len")
-Config.head_size = property(lambda p: p.dim // p.n_heads)
-Config.kv_dim = property(lambda p: p.dim // p.n_heads * p.n_kv_heads)
-Config.kv_mul = property(lambda p: p.n_heads // p.n_kv_heads)
 
 TransformerWeights = namedtuple("TransformerWeights", [
     "token_embedding_table",  # (vocab_size, dim)
@@ -132,228 +65,84 @@ TransformerWeightsQ8 = namedtuple("TransformerWeightsQ8", [
 ])
 
 RunState = namedtuple("RunState", [
-    "x",  # (dim,) activation at the current position
-    "xb",  # (dim,) same, inside a residual branch
-    "xb2",  # (dim,) scratch
-    "hb",  # (hidden_dim,) ffn hidden
-    "hb2",  # (hidden_dim,) ffn hidden
-    "q",  # (dim,) query
-    "att",  # (n_heads, seq_len) attention scores, then weights
-    "logits",  # (vocab_size,) output
-    "key_cache",  # (n_layers, seq_len, kv_dim); k for position pos is written in place
-    "value_cache",  # (n_layers, seq_len, kv_dim); likewise v
-    "rope_cos",  # (head_size // 2,) RoPE's cos(pos * freq) for this position
-    "rope_sin",  # (head_size // 2,) and sin
-    "xq",  # (max(dim, hidden_dim),) int8: the activation entering an int8 matmul
-    "xs",  # (max(dim, hidden_dim) // group_size,) its scales (int8 models only; else empty)
+    # one row per token of the batch (at most `rows`), one KV cache per sequence (`seqs`)
+    "x",  # (rows, dim) activation of each row
+    "xb",  # (rows, dim) same, inside a residual branch
+    "xb2",  # (rows, dim) scratch
+    "hb",  # (rows, hidden_dim) ffn hidden
+    "hb2",  # (rows, hidden_dim) ffn hidden
+    "q",  # (rows, dim) queries
+    "k",  # (rows, kv_dim) keys of the batch, before they are stored in the cache
+    "v",  # (rows, kv_dim) values, likewise
+    "att",  # (rows, n_heads, seq_len) attention scores, then weights
+    "logits",  # (rows, vocab_size) output of the rows that ask for it, in row order
+    "key_cache",  # (n_layers, seqs, seq_len, kv_dim)
+    "value_cache",  # (n_layers, seqs, seq_len, kv_dim)
+    "rope_cos",  # (seq_len, head_size // 2) cos(pos * freq) of every position
+    "rope_sin",  # (seq_len, head_size // 2) and sin
+    "xt",  # (max(dim, hidden_dim), rows padded) a matmul's input transposed (strict mode, many rows)
+    "xq",  # (rows, max(dim, hidden_dim)) int8: the activations entering an int8 matmul
+    "xs",  # (rows, max(dim, hidden_dim) // group_size) their scales (int8 models only; else empty)
 ])
 
 
-def malloc_run_state(p, group_size=0):
+def run_state_bytes(p, rows, seqs, group_size=0):
+    """Bytes malloc_run_state allocates (the KV cache is most of it for long seq_len)."""
+    width = max(p.dim, p.hidden_dim)
+    floats = (rows * (5 * p.dim + 2 * p.kv_dim + 2 * p.hidden_dim + p.n_heads * p.seq_len + p.vocab_size)
+              + 2 * p.n_layers * seqs * p.seq_len * p.kv_dim + p.seq_len * p.head_size
+              + width * _padded(rows) + (rows * width // group_size if group_size else 0))
+    return 4 * floats + (rows * width if group_size else 0)
+
+
+def _padded(rows):
+    return -(-rows // (LANES * TILE[1])) * LANES * TILE[1]
+
+
+def malloc_run_state(p, rows=1, seqs=1, group_size=0):
     """Every activation buffer, allocated once; forward() allocates nothing."""
     f32 = np.float32
-    nq = max(p.dim, p.hidden_dim) if group_size else 0
-    return RunState(
-        x=np.zeros(p.dim, f32), xb=np.zeros(p.dim, f32), xb2=np.zeros(p.dim, f32),
-        hb=np.zeros(p.hidden_dim, f32), hb2=np.zeros(p.hidden_dim, f32),
-        q=np.zeros(p.dim, f32), att=np.zeros((p.n_heads, p.seq_len), f32),
-        logits=np.zeros(p.vocab_size, f32),
-        key_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
-        value_cache=np.zeros((p.n_layers, p.seq_len, p.kv_dim), f32),
-        rope_cos=np.zeros(p.head_size // 2, f32), rope_sin=np.zeros(p.head_size // 2, f32),
-        xq=np.zeros(nq, np.int8), xs=np.zeros(nq // group_size if group_size else 0, f32))
+    width = max(p.dim, p.hidden_dim)
+    nq = width if group_size else 0
+    s = RunState(
+        x=np.zeros((rows, p.dim), f32), xb=np.zeros((rows, p.dim), f32), xb2=np.zeros((rows, p.dim), f32),
+        hb=np.zeros((rows, p.hidden_dim), f32), hb2=np.zeros((rows, p.hidden_dim), f32),
+        q=np.zeros((rows, p.dim), f32), k=np.zeros((rows, p.kv_dim), f32), v=np.zeros((rows, p.kv_dim), f32),
+        att=np.zeros((rows, p.n_heads, p.seq_len), f32), logits=np.zeros((rows, p.vocab_size), f32),
+        key_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
+        value_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
+        rope_cos=np.zeros((p.seq_len, p.head_size // 2), f32), rope_sin=np.zeros((p.seq_len, p.head_size // 2), f32),
+        xt=np.zeros((width, _padded(rows)), f32),
+        xq=np.zeros((rows, nq), np.int8), xs=np.zeros((rows, nq // group_size if group_size else 0), f32))
+    rope_table(s.rope_cos, s.rope_sin)
+    return s
 
 
 # ----------------------------------------------------------------------------
-# reading a checkpoint: header check, then zero-copy views of one flat array
-
-MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
-HEADER_V0 = 28  # seven int32
-HEADER_V12 = 256
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file."""
-
-
-def read_header(path):
-    """(version, Config, shared_classifier, group_size, header_bytes, file_size)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(HEADER_V12)
-    except OSError as e:
-        raise CheckpointError(f"cannot open checkpoint {path}: {e.strerror or e}") from None
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
-    if len(head) < HEADER_V0:
-        raise CheckpointError(f"checkpoint {path} is {size} bytes: too short to hold a header")
-    magic = int(np.frombuffer(head, "<u4", 1)[0])
-    group_size = 0
-    if magic == MAGIC:
-        if len(head) < HEADER_V12:
-            raise CheckpointError(f"checkpoint {path} is {size} bytes: too short for its 256-byte header")
-        version = int(np.frombuffer(head, "<i4", 1, 4)[0])
-        if version not in (1, 2):
-            raise CheckpointError(f"checkpoint {path} has format version {version}; "
-                                  "this program reads versions 0, 1 and 2")
-        fields = [int(v) for v in np.frombuffer(head, "<i4", 7, 8)]
-        shared = head[36] != 0
-        if version == 2:
-            group_size = int(np.frombuffer(head, "<i4", 1, 37)[0])
-        header_bytes = HEADER_V12
-    else:
-        version = 0
-        fields = [int(v) for v in np.frombuffer(head, "<i4", 7, 0)]
-        shared = fields[5] > 0  # a negative vocab_size flags a separate classifier
-        fields[5] = abs(fields[5])
-        header_bytes = HEADER_V0
-    p = Config(*fields)
-    _check_config(path, p, version, group_size)
-    return version, p, shared, group_size, header_bytes, size
-
-
-def _check_config(path, p, version, group_size):
-    names = "dim hidden_dim n_layers n_heads n_kv_heads vocab_size seq_len".split()
-    for name, v in zip(names, p):
-        if v <= 0:
-            raise CheckpointError(f"checkpoint {path} is not a llama2.c checkpoint: "
-                                  f"header {name} = {v} (format version {version})")
-    if p.dim % p.n_heads:
-        raise CheckpointError(f"checkpoint {path}: dim {p.dim} is not a multiple of n_heads {p.n_heads}")
-    if p.n_heads % p.n_kv_heads:
-        raise CheckpointError(f"checkpoint {path}: n_heads {p.n_heads} is not a multiple "
-                              f"of n_kv_heads {p.n_kv_heads}")
-    if p.head_size % 2:
-        raise CheckpointError(f"checkpoint {path}: head size {p.head_size} is odd; RoPE rotates pairs")
-    if version == 2 and (group_size <= 0 or p.dim % group_size or p.hidden_dim % group_size):
-        raise CheckpointError(f"checkpoint {path}: group_size {group_size} must be positive "
-                              f"and divide dim {p.dim} and hidden_dim {p.hidden_dim}")
-
-
-def _layout(version, p, shared):
-    """(name, shape) of every float32 array in file order, for versions 0 and 1."""
-    L, dim, hid, kv, vocab = p.n_layers, p.dim, p.hidden_dim, p.kv_dim, p.vocab_size
-    mats = [("wq", (L, dim, dim)), ("wk", (L, kv, dim)), ("wv", (L, kv, dim)),
-            ("wo", (L, dim, dim))]
-    ffn = [("w1", (L, hid, dim)), ("w2", (L, dim, hid)), ("w3", (L, hid, dim))]
-    if version == 0:
-        rope = p.seq_len * p.head_size // 2  # old precomputed RoPE tables, skipped
-        out = ([("token_embedding_table", (vocab, dim)), ("rms_att_weight", (L, dim))] + mats
-               + [("rms_ffn_weight", (L, dim))] + ffn
-               + [("rms_final_weight", (dim,)), ("freq_cis_real", (rope,)), ("freq_cis_imag", (rope,))])
-    else:
-        out = ([("rms_att_weight", (L, dim)), ("rms_ffn_weight", (L, dim)), ("rms_final_weight", (dim,)),
-                ("token_embedding_table", (vocab, dim))] + mats + ffn)
-    if not shared:
-        out.append(("wcls", (vocab, dim)))
-    return out
-
+# reading a checkpoint (the format itself is in checkpoint.py)
 
 def read_checkpoint(path, mmap=True):
-    """Config, weights (views into one flat array) and the version.
+    """Config, weights (views into one flat array) and the format version.
 
     Versions 0 and 1 give TransformerWeights, version 2 TransformerWeightsQ8.
-
-    mmap=True maps the file read-only (opens files larger than RAM, shares pages
-    between processes); mmap=False reads it into memory with np.fromfile.
     """
-    version, p, shared, group_size, header_bytes, size = read_header(path)
-    if version == 2:
-        return p, _read_q8(path, p, shared, group_size, header_bytes, size, mmap), version
-    layout = _layout(version, p, shared)
-    n_floats = sum(int(np.prod(shape)) for _, shape in layout)
-    _check_size(path, size, header_bytes + 4 * n_floats, f"format version {version}, {p}")
-    flat = _file_bytes(path, mmap)[header_bytes:].view("<f4")
-    tensors, off = {}, 0
-    for name, shape in layout:
-        n = int(np.prod(shape))
-        tensors[name] = flat[off:off + n].reshape(shape)
-        off += n
-    if shared:
-        tensors["wcls"] = tensors["token_embedding_table"]
-    w = TransformerWeights(**{k: tensors[k] for k in TransformerWeights._fields})
-    return p, w, version
+    h, t = checkpoint.read(path, mmap)
+    if h.version < 2:
+        return h.config, TransformerWeights(**{k: t[k] for k in TransformerWeights._fields}), h.version
+    p, gs = h.config, h.group_size
+    q, sc = t["token_embedding_table"]
+    # dequantized once for the row lookup: float32(int8) * scale, one rounding, as runq.c
+    table = (q.reshape(p.vocab_size, p.dim // gs, gs).astype(np.float32) * sc[:, :, None]).reshape(p.vocab_size, p.dim)
+    fields = {k: t[k] for k in TransformerWeightsQ8._fields if k not in ("token_embedding_table", "group_size")}
+    return p, TransformerWeightsQ8(token_embedding_table=table, group_size=gs, **fields), h.version
 
-
-def _check_size(path, size, expected, header):
-    if size != expected:
-        what = "truncated" if size < expected else "longer than its header describes"
-        raise CheckpointError(f"checkpoint {path} is {size} bytes but its header ({header}) needs "
-                              f"{expected}: the file is {what}")
-
-
-def _file_bytes(path, mmap):
-    """The whole file as one uint8 array: mapped read-only, or read into memory."""
-    if mmap:
-        m = np.memmap(path, dtype=np.uint8, mode="r")
-        _advise_huge_pages(m)
-        return np.asarray(m)
-    return np.fromfile(path, dtype=np.uint8)  # numpy asks for huge pages itself
-
-
-def _advise_huge_pages(m):
-    """Ask Linux to fill the page cache for this mapping with 2 MB folios.
-
-    Pages not yet cached are then read in 2 MB pieces and mapped with one TLB
-    entry each (under a hypervisor a 4 KB TLB miss costs a two-level page
-    walk): llama2.c's runomp streamed the 110M shape 26% faster from 2 MB
-    folios than from 4 KB ones (benchmarks/RESULTS.md). Pages already cached
-    keep their size. Only a hint: any failure is ignored.
-    """
-    advice = getattr(mmap_module, "MADV_HUGEPAGE", None)
-    mapping = getattr(m, "_mmap", None)  # numpy's private handle; absent in some versions
-    if advice is not None and mapping is not None and len(m):
-        try:
-            mapping.madvise(advice)
-        except OSError:
-            pass
-
-
-def _read_q8(path, p, shared, gs, header_bytes, size, mmap):
-    """TransformerWeightsQ8 of a version-2 file: per-layer (int8 values, float32 scales) views."""
-    L, dim, hid, kv, vocab = p.n_layers, p.dim, p.hidden_dim, p.kv_dim, p.vocab_size
-    mats = [("wq", dim, dim), ("wk", kv, dim), ("wv", kv, dim), ("wo", dim, dim),
-            ("w1", hid, dim), ("w2", dim, hid), ("w3", hid, dim)]
-    qbytes = lambda rows, cols: rows * cols + rows * cols // gs * 4  # noqa: E731
-    expected = (header_bytes + 4 * (2 * L * dim + dim) + qbytes(vocab, dim)
-                + sum(L * qbytes(r, c) for _, r, c in mats) + (0 if shared else qbytes(vocab, dim)))
-    _check_size(path, size, expected, f"format version 2, group size {gs}, {p}")
-    raw = _file_bytes(path, mmap)
-    off = header_bytes
-
-    def floats(n, shape):
-        nonlocal off
-        a = raw[off:off + 4 * n].view("<f4").reshape(shape)
-        off += 4 * n
-        return a
-
-    def quantized(rows, cols):
-        nonlocal off
-        q = raw[off:off + rows * cols].view(np.int8).reshape(rows, cols)
-        off += rows * cols
-        return q, floats(rows * cols // gs, (rows, cols // gs))
-
-    t = {"rms_att_weight": floats(L * dim, (L, dim)), "rms_ffn_weight": floats(L * dim, (L, dim)),
-         "rms_final_weight": floats(dim, (dim,))}
-    tokens = quantized(vocab, dim)
-    for name, rows, cols in mats:
-        t[name] = tuple(quantized(rows, cols) for _ in range(L))
-    t["wcls"] = tokens if shared else quantized(vocab, dim)
-    # dequantized once for the row lookup; float32(int8) * scale, one rounding, as runq.c
-    q, sc = tokens
-    t["token_embedding_table"] = (q.reshape(vocab, dim // gs, gs).astype(np.float32)
-                                  * sc[:, :, None]).reshape(vocab, dim)
-    t["group_size"] = gs
-    return TransformerWeightsQ8(**t)
 
 def weight_bytes_per_token(p, w):
-    """Bytes of weights one forward pass reads: every matrix once, one embedding row."""
+    """Bytes of weights one token's forward pass reads: every matrix once, one embedding row."""
     arrays = []
     for name, a in w._asdict().items():
-        if name in ("token_embedding_table", "group_size"):
-            continue
-        arrays += _leaves(a)
+        if name not in ("token_embedding_table", "group_size"):
+            arrays += _leaves(a)
     return sum(a.nbytes for a in arrays) + p.dim * 4
 
 
@@ -362,20 +151,66 @@ def _leaves(a):
 
 
 # ----------------------------------------------------------------------------
+# the two reductions whose order fast math changes; every sum in the model is one of them
+
+@inline
+def dot(a, b):
+    """sum_j a[j] * b[j] of two contiguous float32 vectors of one length.
+
+    Strict: one sequential sum, each product rounded (C's loop). Fast: lane
+    k of a 16-float vector sums the products j = k, k + 16, ... (fused
+    multiply-add), the lanes are added in vsum's fixed tree, and the last
+    len % 16 products follow one by one.
+    """
+    n = a.shape[0]
+    if STRICT:
+        val = np.float32(0.0)
+        for j in range(n):
+            val += a[j] * b[j]
+        return val
+    body = n - n % LANES
+    acc = vzero()
+    for j in range(0, body, LANES):
+        acc = vfma(acc, vload(a, j), vload(b, j))
+    val = vsum(acc)
+    for j in range(body, n):
+        val = fma(a[j], b[j], val)
+    return val
+
+
+@inline
+def total(a):
+    """sum_j a[j]: sequential when strict; 16 lanes, vsum's tree, then the tail when fast."""
+    n = a.shape[0]
+    if STRICT:
+        val = np.float32(0.0)
+        for j in range(n):
+            val += a[j]
+        return val
+    body = n - n % LANES
+    acc = vzero()
+    for j in range(0, body, LANES):
+        acc = vadd(acc, vload(a, j))
+    val = vsum(acc)
+    for j in range(body, n):
+        val += a[j]
+    return val
+
+
+# ----------------------------------------------------------------------------
 # neural net blocks; each writes into its first argument and allocates nothing
 
 @kernel
 def rmsnorm(o, x, weight):
-    """o = weight * (x / sqrt(mean(x^2) + 1e-5)), the sum of squares sequential."""
-    size = x.shape[0]
-    ss = np.float32(0.0)
-    for j in range(size):
-        ss += x[j] * x[j]
-    ss /= np.float32(size)
-    ss += np.float32(1e-5)  # a bare 1e-5 would widen ss to float64
-    ss = np.float32(1.0) / np.sqrt(ss)
-    for j in range(size):
-        o[j] = weight[j] * (ss * x[j])
+    """o[b] = weight * (x[b] / sqrt(mean(x[b]^2) + 1e-5)) for every row b."""
+    for b in range(x.shape[0]):
+        xr, orow = x[b], o[b]
+        ss = dot(xr, xr)
+        ss /= np.float32(xr.shape[0])
+        ss += np.float32(1e-5)  # a bare 1e-5 would widen ss to float64
+        ss = np.float32(1.0) / np.sqrt(ss)
+        for j in range(xr.shape[0]):
+            orow[j] = weight[j] * (ss * xr[j])
 
 
 @intrinsic
@@ -388,69 +223,62 @@ def _f32_from_bits(typingctx, bits):
 
 @inline
 def exp(x):
-    """exp(x) for float32 x: the C library's expf when strict, else a vectorizable polynomial.
+    """exp(x) for float32 x: the C library's expf, except with --fastmath=on a vectorizable polynomial.
 
-    Strict mode must call expf to match gcc -O3 bit for bit. With fast math,
-    numba (no SVML) would still call expf one element at a time; this
-    Cephes-style version (range reduction by ln 2, degree-6 polynomial,
-    2^n built in the exponent bits) stays within 2 ulp and vectorizes.
+    Strict and unsafe modes call expf (gcc calls it too). The polynomial
+    (range reduction by ln 2, degree 6, 2^n built in the exponent bits) stays
+    within 2 ulp of expf; loops of it vectorize, as libmvec's vector expf
+    does for gcc -Ofast.
     """
-    if FASTMATH == "off":
+    if not EXP_POLY:
         return np.exp(x)
     x = min(max(x, np.float32(-87.3)), np.float32(88.7))
     n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
     r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    y = p * r * r + r + np.float32(1.0)
+    p = fma(p, r, np.float32(1.3981999507e-3))
+    p = fma(p, r, np.float32(8.3334519073e-3))
+    p = fma(p, r, np.float32(4.1665795894e-2))
+    p = fma(p, r, np.float32(1.6666665459e-1))
+    p = fma(p, r, np.float32(5.0000001201e-1))
+    y = fma(p * r, r, r) + np.float32(1.0)
     return y * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << 23))
 
 
 @kernel
 def softmax(x):
-    """x = exp(x - max x) / sum exp(x - max x), in place, the sum sequential."""
+    """x = exp(x - max x) / sum exp(x - max x), in place."""
     max_val = x[0]
     for i in range(1, x.shape[0]):
         if x[i] > max_val:
             max_val = x[i]
-    total = np.float32(0.0)
     for i in range(x.shape[0]):
         x[i] = exp(x[i] - max_val)
-        total += x[i]
+    s = total(x)
     for i in range(x.shape[0]):
-        x[i] /= total
+        x[i] /= s
 
 
-# Matmuls work on blocks of 8 output rows. Each row is still one sequential sum
-# over j, so strict mode stays exact, but in strict mode 8 interleaved sums hide
-# the add latency that makes a lone strict dot product slow (1.6-2.3x
-# measured); with fast math each row's sum is vectorized and the blocks still
-# measured 8% faster per token than single rows on the 15M shape (a tie on
-# 110M). The block helper is inlined: calling a compiled block function (with
-# its own bounds test) from the parallel loop cost 7% per token on the 110M
-# shape and 20% in strict mode on the 15M shape. The last rows % 8 rows run
-# serially after the parallel loop.
+# Matmuls. Work is split over threads by blocks of BLOCK output rows, each
+# block computed for every row of the batch. Each output is one dot (above):
+#  - fast modes: one weight row at a time, one output per token (a single
+#    stream through memory measured fastest: 2x multi-row on this Zen 4 from
+#    DRAM, as issue 9 found on Zen 3); with at least TILE[1] tokens, tiles of
+#    TILE[0] rows x TILE[1] tokens keep 16-float accumulators in registers and
+#    read each weight vector once per tile, with each output summed exactly as
+#    its dot would.
+#  - strict: a sequential sum per output. One token: 8 rows interleaved, which
+#    hides the add latency of a lone sequential sum. Several tokens: the tokens
+#    are the vector lanes (the input transposed into s.xt), each lane its own
+#    sequential sum, TILE[0] rows x TILE[1] vectors of 16 tokens per tile.
 
-BLOCK = 8
-
-
-@kernel
-def _row(xout, x, w, i):
-    """xout[i] = sum_j w[i, j] * x[j]."""
-    val = np.float32(0.0)
-    for j in range(w.shape[1]):
-        val += w[i, j] * x[j]
-    xout[i] = val
+BLOCK = 24  # rows per parallel work item: a multiple of 8 and of TILE[0]
+STRICT_LANES_FROM = 4  # strict mode vectorizes across tokens from this many rows on
 
 
 @inline
-def _rows8(xout, x, w, b):
-    """xout[8b:8b+8] = w[8b:8b+8] @ x, eight interleaved sequential sums."""
-    i = BLOCK * b
+def _rows8(xout, x, w, i):
+    """xout[i:i+8] = w[i:i+8] @ x, eight interleaved sequential sums."""
     v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = np.float32(0.0)
     for j in range(w.shape[1]):
         xj = x[j]
@@ -473,272 +301,238 @@ def _rows8(xout, x, w, b):
 
 
 @inline
-def _tail(xout, x, w):
-    """The rows after the last whole block, one at a time."""
-    for i in range(w.shape[0] - w.shape[0] % BLOCK, w.shape[0]):
-        _row(xout, x, w, i)
+def _tile_fast(xout, x, w, i, t):
+    """xout[t:t+C, i:i+R] (R, C = TILE) with each output summed as dot(w[i + r], x[t + c])."""
+    R, C = TILE
+    n = w.shape[1]
+    body = n - n % LANES
+    acc = tile_zero()
+    for j in range(0, body, LANES):
+        for r in range(R):
+            wv = vload(w[i + r], j)
+            for c in range(C):
+                acc = tile_fma(acc, r * C + c, wv, vload(x[t + c], j))
+    for r in range(R):
+        wr = w[i + r]
+        for c in range(C):
+            xc = x[t + c]
+            val = vsum(tile_get(acc, r * C + c))
+            for j in range(body, n):
+                val = fma(wr[j], xc[j], val)
+            xout[t + c, i + r] = val
 
 
-@pkernel
-def matmul(xout, x, w):
-    """xout = w @ x: W (d, n) @ x (n,) -> xout (d,), blocks of rows in parallel."""
-    for b in prange(w.shape[0] // BLOCK):
-        _rows8(xout, x, w, b)
-    _tail(xout, x, w)
+@inline
+def _tile_strict(xout, xt, w, i, t, ntok):
+    """xout[t:t+16C, i:i+R] (R, C = TILE): lane l of vector c sums w[i + r, j] * x[t + 16c + l, j] over j in order."""
+    R, C = TILE
+    acc = tile_zero()
+    for j in range(w.shape[1]):
+        xj = xt[j]
+        for r in range(R):
+            wv = vsplat(w[i + r, j])
+            for c in range(C):
+                acc = tile_muladd(acc, r * C + c, wv, vload(xj, t + LANES * c))
+    for r in range(R):
+        for c in range(C):
+            v = tile_get(acc, r * C + c)
+            for lane in range(min(LANES, ntok - t - LANES * c)):
+                xout[t + LANES * c + lane, i + r] = vlane(v, lane)
 
 
-@pkernel
-def matmul_qkv(q, k, v, x, wq, wk, wv):
-    """q = wq @ x, k = wk @ x, v = wv @ x in one parallel loop (one fork/join, not three)."""
-    nq = wq.shape[0] // BLOCK
-    nk = wk.shape[0] // BLOCK
-    for b in prange(nq + 2 * nk):
-        if b < nq:
-            _rows8(q, x, wq, b)
-        elif b < nq + nk:
-            _rows8(k, x, wk, b - nq)
-        else:
-            _rows8(v, x, wv, b - nq - nk)
-    _tail(q, x, wq)
-    _tail(k, x, wk)
-    _tail(v, x, wv)
-
-
-@pkernel
-def matmul2(h1, h3, x, w1, w3):
-    """h1 = w1 @ x and h3 = w3 @ x in one parallel loop (the profiler's half of ffn_up).
-
-    Rows are computed as ffn_up computes them in each mode (8-row blocks when
-    strict, single rows with fast math, whose sums round differently), so the
-    profiled forward keeps forward's logits bit for bit.
-    """
-    if FASTMATH == "off":
-        nb = w1.shape[0] // BLOCK
-        for b in prange(2 * nb):
-            if b < nb:
-                _rows8(h1, x, w1, b)
-            else:
-                _rows8(h3, x, w3, b - nb)
-        _tail(h1, x, w1)
-        _tail(h3, x, w3)
+@inline
+def _block(xout, x, w, xt, i0, i1):
+    """Rows i0 <= i < i1 of xout = x @ w.T, for every row of the batch x."""
+    n = x.shape[0]
+    R, C = TILE
+    i_tiled = i0 + (i1 - i0) // R * R
+    if STRICT and n >= STRICT_LANES_FROM:
+        for i in range(i0, i_tiled, R):
+            for t in range(0, n, LANES * C):
+                _tile_strict(xout, xt, w, i, t, n)
+        for i in range(i_tiled, i1):
+            for b in range(n):
+                xout[b, i] = dot(w[i], x[b])
+    elif STRICT:
+        i8 = i0 + (i1 - i0) // 8 * 8
+        for b in range(n):
+            for i in range(i0, i8, 8):
+                _rows8(xout[b], x[b], w, i)
+            for i in range(i8, i1):
+                xout[b, i] = dot(w[i], x[b])
     else:
-        d = w1.shape[0]
-        for r in prange(2 * d):
-            if r < d:
-                _row(h1, x, w1, r)
-            else:
-                _row(h3, x, w3, r - d)
+        t_tiled = n - n % C
+        for i in range(i0, i_tiled, R):
+            for t in range(0, t_tiled, C):
+                _tile_fast(xout, x, w, i, t)
+        for i in range(i0, i1):
+            wi = w[i]
+            for b in range(t_tiled if i < i_tiled else 0, n):
+                xout[b, i] = dot(wi, x[b])
 
 
-@kernel
+@inline
+def _transpose(xt, x):
+    """xt[j, b] = x[b, j], before strict matmuls over several tokens."""
+    if STRICT and x.shape[0] >= STRICT_LANES_FROM:
+        for b in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                xt[j, b] = x[b, j]
+
+
+@pkernel
+def matmuls(x, xt, o1, w1, o2, w2, o3, w3):
+    """o1 = x @ w1.T, o2 = x @ w2.T, o3 = x @ w3.T: W (d, n) applied to every row of x (rows, n) -> o (rows, d).
+
+    One parallel loop over blocks of rows of all three (one fork/join, not
+    three); a weight with no rows adds no work. All of the model's fp32
+    matmuls go through this one kernel, so its code is compiled once.
+    """
+    _transpose(xt, x)
+    n1 = (w1.shape[0] + BLOCK - 1) // BLOCK
+    n2 = (w2.shape[0] + BLOCK - 1) // BLOCK
+    n3 = (w3.shape[0] + BLOCK - 1) // BLOCK
+    for b in prange(n1 + n2 + n3):
+        # one call site: the block's code is inlined once, not once per matrix
+        out, w, c = o1, w1, b
+        if b >= n1 + n2:
+            out, w, c = o3, w3, b - n1 - n2
+        elif b >= n1:
+            out, w, c = o2, w2, b - n1
+        _block(out, x, w, xt, c * BLOCK, min(c * BLOCK + BLOCK, w.shape[0]))
+
+
+@inline
 def silu_mul(a, b):
     """silu(a) * b, silu(a) = a * (1 / (1 + exp(-a)))."""
     one = np.float32(1.0)
     return a * (one / (one + exp(-a))) * b
 
 
-@kernel
+@pkernel
 def swiglu(hb, hb2):
-    """hb = silu(hb) * hb2."""
-    for i in range(hb.shape[0]):
-        hb[i] = silu_mul(hb[i], hb2[i])
-
-
-@inline
-def _ffn_row(hb, hb2, x, w1, w3, i):
-    """hb[i] = silu(w1[i] . x) * (w3[i] . x), one row of each."""
-    _row(hb, x, w1, i)
-    _row(hb2, x, w3, i)
-    hb[i] = silu_mul(hb[i], hb2[i])
-
-
-@pkernel
-def ffn_up(hb, hb2, x, w1, w3):
-    """hb = silu(w1 @ x) * (w3 @ x): matmul2 and swiglu fused.
-
-    With fast math one row of w1 and one of w3 per iteration measured 3-5%
-    faster per token than blocks of 8 (13% on 15M single-threaded); strict
-    mode needs the blocks to hide the add latency.
-    """
-    if FASTMATH == "off":
-        nb = w1.shape[0] // BLOCK
-        for b in prange(nb):
-            _rows8(hb, x, w1, b)
-            _rows8(hb2, x, w3, b)
-            for i in range(BLOCK * b, BLOCK * b + BLOCK):
-                hb[i] = silu_mul(hb[i], hb2[i])
-        for i in range(BLOCK * nb, w1.shape[0]):
-            _ffn_row(hb, hb2, x, w1, w3, i)
-    else:
-        for i in prange(w1.shape[0]):
-            _ffn_row(hb, hb2, x, w1, w3, i)
+    """hb = silu(hb) * hb2, rows in parallel."""
+    for r in prange(hb.shape[0]):
+        h, h2 = hb[r], hb2[r]
+        for i in range(h.shape[0]):
+            h[i] = silu_mul(h[i], h2[i])
 
 
 @kernel
-def rope_angles(fcr, fci, pos):
-    """fcr[j], fci[j] = cos, sin(pos * freq) with freq = 1 / 10000^(2j / head_size).
+def rope_table(fcr, fci):
+    """fcr[pos, j], fci[pos, j] = cos, sin(pos * freq) with freq = 1 / 10000^(2j / head_size).
 
-    Rotation pair (i, i+1) uses j = (i % head_size) / 2. The angles are the same
-    for every layer and head, so they are computed once per token (run.c
-    recomputes them in every layer; the values are bit-identical).
+    Rotation pair (i, i+1) uses j = (i % head_size) / 2. run.c computes these
+    in every layer of every token; the values are the same bits.
     """
-    head_size = 2 * fcr.shape[0]
-    for j in range(fcr.shape[0]):
+    head_size = 2 * fcr.shape[1]
+    for j in range(fcr.shape[1]):
         freq = np.float32(1.0) / np.float32(10000.0) ** (np.float32(2 * j) / np.float32(head_size))
-        val = np.float32(pos) * freq
-        fcr[j] = np.cos(val)
-        fci[j] = np.sin(val)
+        for pos in range(fcr.shape[0]):
+            val = np.float32(pos) * freq
+            fcr[pos, j] = np.cos(val)
+            fci[pos, j] = np.sin(val)
 
 
 @kernel
-def rope(q, k, fcr, fci):
-    """Rotate each pair (i, i+1) of q, and of k while i < kv_dim: (v0 c - v1 s, v0 s + v1 c)."""
-    head_size = 2 * fcr.shape[0]
-    for i in range(0, q.shape[0], 2):
-        j = (i % head_size) // 2
-        c = fcr[j]
-        sn = fci[j]
-        q0 = q[i]
-        q1 = q[i + 1]
-        q[i] = q0 * c - q1 * sn
-        q[i + 1] = q0 * sn + q1 * c
-        if i < k.shape[0]:
-            k0 = k[i]
-            k1 = k[i + 1]
-            k[i] = k0 * c - k1 * sn
-            k[i + 1] = k0 * sn + k1 * c
+def rope(q, k, fcr, fci, pos):
+    """Rotate each pair (i, i+1) of q[b], and of k[b] while i < kv_dim, by the angles of position pos[b]."""
+    head_size = 2 * fcr.shape[1]
+    for b in range(q.shape[0]):
+        c_row, s_row = fcr[pos[b]], fci[pos[b]]
+        qb, kb = q[b], k[b]
+        for i in range(0, qb.shape[0], 2):
+            j = (i % head_size) // 2
+            c = c_row[j]
+            sn = s_row[j]
+            q0 = qb[i]
+            q1 = qb[i + 1]
+            qb[i] = q0 * c - q1 * sn
+            qb[i + 1] = q0 * sn + q1 * c
+            if i < kb.shape[0]:
+                k0 = kb[i]
+                k1 = kb[i + 1]
+                kb[i] = k0 * c - k1 * sn
+                kb[i + 1] = k0 * sn + k1 * c
 
-
-# Attention, per head h (kv head h // kv_mul), over positions 0..pos:
-# scores, softmax, weighted sum of values. `attention` runs all three per head
-# in one parallel loop; the profiler runs them as three loops to time each.
 
 @kernel
-def head_scores(att, q, key_cache, h, pos, head_size, kv_mul):
-    """att[h, t] = (q_h . k_t) / sqrt(head_size) for t = 0..pos."""
-    # slices rather than offset indexing: numba then knows every index is in
-    # range from zero and the dot products vectorize (2-5x measured)
-    qh = q[h * head_size:(h + 1) * head_size]
-    ko = (h // kv_mul) * head_size
+def store_kv(key_cache, value_cache, k, v, pos, seq):
+    """The batch's keys and values into the cache of their sequence at their position."""
+    for b in range(k.shape[0]):
+        key_cache[seq[b], pos[b]] = k[b]
+        value_cache[seq[b], pos[b]] = v[b]
+
+
+@pkernel
+def attention(xb, att, q, key_cache, value_cache, pos, seq):
+    """Multi-head attention: per row b and head h (kv head h // kv_mul), over positions 0..pos[b] of seq[b].
+
+    Scores (q_h . k_t) / sqrt(head_size), softmax, then the weighted sum of
+    the values accumulated t by t from zero; rows and heads in parallel.
+    """
+    n_heads = att.shape[1]
+    head_size = q.shape[1] // n_heads
+    kv_mul = n_heads // (key_cache.shape[2] // head_size)
     scale = np.sqrt(np.float32(head_size))
-    for t in range(pos + 1):
-        kt = key_cache[t, ko:ko + head_size]
-        score = np.float32(0.0)
-        for i in range(head_size):
-            score += qh[i] * kt[i]
-        att[h, t] = score / scale
-
-
-@kernel
-def head_values(xb, att, value_cache, h, pos, head_size, kv_mul):
-    """xb_h = sum_t att[h, t] * v_t, accumulated t by t from zero."""
-    xh = xb[h * head_size:(h + 1) * head_size]
-    ko = (h // kv_mul) * head_size
-    xh[:] = np.float32(0.0)
-    for t in range(pos + 1):
-        a = att[h, t]
-        vt = value_cache[t, ko:ko + head_size]
-        for i in range(head_size):
-            xh[i] += a * vt[i]
-
-
-@pkernel
-def attention(xb, att, q, key_cache, value_cache, pos, head_size, kv_mul):
-    """Multi-head attention, heads in parallel."""
-    for h in prange(att.shape[0]):
-        head_scores(att, q, key_cache, h, pos, head_size, kv_mul)
-        softmax(att[h, :pos + 1])
-        head_values(xb, att, value_cache, h, pos, head_size, kv_mul)
-
-
-@pkernel
-def attention_scores(att, q, key_cache, pos, head_size, kv_mul):
-    for h in prange(att.shape[0]):
-        head_scores(att, q, key_cache, h, pos, head_size, kv_mul)
-
-
-@pkernel
-def attention_softmax(att, pos):
-    for h in prange(att.shape[0]):
-        softmax(att[h, :pos + 1])
-
-
-@pkernel
-def attention_values(xb, att, value_cache, pos, head_size, kv_mul):
-    for h in prange(att.shape[0]):
-        head_values(xb, att, value_cache, h, pos, head_size, kv_mul)
+    for bh in prange(q.shape[0] * n_heads):
+        b = bh // n_heads
+        h = bh % n_heads
+        p = pos[b]
+        keys, values = key_cache[seq[b]], value_cache[seq[b]]
+        # slices rather than offset indexing: numba then knows every index is in
+        # range from zero and the loops vectorize (2-5x measured)
+        qh = q[b, h * head_size:(h + 1) * head_size]
+        ko = (h // kv_mul) * head_size
+        a = att[b, h, :p + 1]
+        for t in range(p + 1):
+            a[t] = dot(qh, keys[t, ko:ko + head_size]) / scale
+        softmax(a)
+        xh = xb[b, h * head_size:(h + 1) * head_size]
+        xh[:] = np.float32(0.0)
+        for t in range(p + 1):
+            at = a[t]
+            vt = values[t, ko:ko + head_size]
+            for i in range(head_size):
+                if STRICT:
+                    xh[i] += at * vt[i]
+                else:
+                    xh[i] = fma(at, vt[i], xh[i])
 
 
 @kernel
 def accum(a, b):
     """a += b (the residual connection)."""
-    for i in range(a.shape[0]):
-        a[i] += b[i]
-
-
-# ----------------------------------------------------------------------------
-# the forward pass
-
-@kernel
-def forward(p, w, s, token, pos):
-    """Run one token at position pos through the model; the logits land in s.logits."""
-    head_size = p.dim // p.n_heads
-    kv_mul = p.n_heads // p.n_kv_heads
-    x = s.x
-    x[:] = w.token_embedding_table[token]
-    rope_angles(s.rope_cos, s.rope_sin, pos)
-
-    for l in range(p.n_layers):
-        # attention rmsnorm
-        rmsnorm(s.xb, x, w.rms_att_weight[l])
-
-        # q, k, v for this position; k and v go straight into the cache row
-        k = s.key_cache[l, pos]
-        v = s.value_cache[l, pos]
-        matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
-
-        # RoPE relative positional encoding
-        rope(s.q, k, s.rope_cos, s.rope_sin)
-
-        # multi-head attention over positions 0..pos
-        attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
-
-        # output projection and residual
-        matmul(s.xb2, s.xb, w.wo[l])
-        accum(x, s.xb2)
-
-        # ffn: w2(silu(w1(x)) * w3(x)) and residual
-        rmsnorm(s.xb, x, w.rms_ffn_weight[l])
-        ffn_up(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
-        matmul(s.xb, s.hb, w.w2[l])
-        accum(x, s.xb)
-
-    # final rmsnorm and classifier
-    rmsnorm(x, x, w.rms_final_weight)
-    matmul(s.logits, x, w.wcls)
+    for r in range(a.shape[0]):
+        ar, br = a[r], b[r]
+        for i in range(ar.shape[0]):
+            ar[i] += br[i]
 
 
 # ----------------------------------------------------------------------------
 # int8 (Q8_0) variant, as runq.c: weights and the activations entering a matmul
-# are int8 in groups of gs with one float32 scale per group
+# are int8 in groups of gs with one float32 scale per group. Integer sums are
+# exact in any order, so int8 gives the same bits in every fast-math mode.
 
 @kernel
 def quantize(q, s, x, gs):
-    """Per group: scale = max|x| / 127, q = round(x / scale) (half away from zero)."""
-    for g in range(x.shape[0] // gs):
-        wmax = np.float32(0.0)
-        for i in range(g * gs, g * gs + gs):
-            v = abs(x[i])
-            if v > wmax:
-                wmax = v
-        scale = wmax / np.float32(127.0)
-        s[g] = scale
-        for i in range(g * gs, g * gs + gs):
-            # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
-            q[i] = np.int8(_round_half_away(x[i] / scale)) if scale != 0 else np.int8(0)
+    """Per row and group: scale = max|x| / 127, q = round(x / scale) (half away from zero)."""
+    for b in range(x.shape[0]):
+        xr, qr, sr = x[b], q[b], s[b]
+        for g in range(xr.shape[0] // gs):
+            wmax = np.float32(0.0)
+            for i in range(g * gs, g * gs + gs):
+                v = abs(xr[i])
+                if v > wmax:
+                    wmax = v
+            scale = wmax / np.float32(127.0)
+            sr[g] = scale
+            for i in range(g * gs, g * gs + gs):
+                # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
+                qr[i] = np.int8(_round_half_away(xr[i] / scale)) if scale != 0 else np.int8(0)
 
 
-@kernel
+@inline
 def _round_half_away(v):
     """C's round(): to nearest, halves away from zero (np.round would go to even)."""
     r = np.floor(np.abs(v) + np.float32(0.5))
@@ -748,194 +542,314 @@ def _round_half_away(v):
 
 
 @inline
-def _row_q8(xout, xq, xs, wq, ws, i, gs):
-    """xout[i] = sum over groups g of (float(sum_k xq * wq) * ws[i, g]) * xs[g].
-
-    The integer dot of a group is exact in any order, so it vectorizes even in
-    strict mode; the float sum over groups stays sequential.
-    """
+def _dot_q8(xq, xs, wq, ws, gs):
+    """sum over groups g of (float(sum_k xq * wq) * ws[g]) * xs[g], the float sum in group order."""
     val = np.float32(0.0)
-    w = wq[i]
-    for g in range(xs.shape[0]):
+    for g in range(wq.shape[0] // gs):
         # zero-based slices let numba drop its negative-index checks, so the
         # integer dot vectorizes (4x measured)
         xg = xq[g * gs:(g + 1) * gs]
-        wg = w[g * gs:(g + 1) * gs]
+        wg = wq[g * gs:(g + 1) * gs]
         ival = np.int32(0)
         for k in range(gs):
             # numba widens int products to int64; truncating each step keeps the
             # vector lanes 32-bit (LLVM then narrows the multiply further)
             ival = np.int32(ival + np.int32(xg[k]) * np.int32(wg[k]))
-        val += (np.float32(ival) * ws[i, g]) * xs[g]
-    xout[i] = val
+        val += (np.float32(ival) * ws[g]) * xs[g]
+    return val
+
+
+@inline
+def _block_q8(xout, xq, xs, wq, ws, i0, i1):
+    """Rows i0 <= i < i1 of the int8 matmul for every row of the batch (a weight row stays in cache meanwhile)."""
+    gs = wq.shape[1] // ws.shape[1]
+    for i in range(i0, i1):
+        for b in range(xout.shape[0]):
+            xout[b, i] = _dot_q8(xq[b], xs[b], wq[i], ws[i], gs)
 
 
 @pkernel
-def matmul_q8(xout, xq, xs, wq, ws, gs):
-    """xout = W @ x with W and x both int8 in groups, rows in parallel."""
-    for i in prange(wq.shape[0]):
-        _row_q8(xout, xq, xs, wq, ws, i, gs)
+def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3):
+    """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs."""
+    n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
+    n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
+    n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
+    for b in prange(n1 + n2 + n3):
+        out, w, c = o1, w1, b
+        if b >= n1 + n2:
+            out, w, c = o3, w3, b - n1 - n2
+        elif b >= n1:
+            out, w, c = o2, w2, b - n1
+        _block_q8(out, xq, xs, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
 
 
-@pkernel
-def matmul_qkv_q8(q, k, v, xq, xs, wq, wk, wv, gs):
-    """q, k, v = wq @ x, wk @ x, wv @ x in one parallel loop."""
-    dq, dk = wq[0].shape[0], wk[0].shape[0]
-    for r in prange(dq + 2 * dk):
-        if r < dq:
-            _row_q8(q, xq, xs, wq[0], wq[1], r, gs)
-        elif r < dq + dk:
-            _row_q8(k, xq, xs, wk[0], wk[1], r - dq, gs)
+# The forward pass is written once for both weight formats: `project`
+# stands for up to three matmuls of one input and is compiled per format (a
+# numba overload): float32 weights go to matmuls(), int8 weights (a (values,
+# scales) pair per matrix) quantize the input rows first, as runq.c does
+# before each of its matmuls, and go to matmuls_q8().
+
+def project(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+    """o1 = x @ w1.T (and o2, o3 likewise when given)."""
+
+
+@overload(project)
+def _project(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+    if isinstance(w1, types.Array):
+        def fp32(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+            if o2 is None:
+                matmuls(x, s.xt, o1, w1, o1, w1[:0], o1, w1[:0])
+            elif o3 is None:
+                matmuls(x, s.xt, o1, w1, o2, w2, o1, w1[:0])
+            else:
+                matmuls(x, s.xt, o1, w1, o2, w2, o3, w3)
+        return fp32
+
+    def q8(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+        xq, xs = s.xq[:x.shape[0]], s.xs[:x.shape[0]]  # full-width rows, so each stays contiguous
+        quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1])
+        none = (w1[0][:0], w1[1][:0])
+        if o2 is None:
+            matmuls_q8(xq, xs, o1, w1, o1, none, o1, none)
+        elif o3 is None:
+            matmuls_q8(xq, xs, o1, w1, o2, w2, o1, none)
         else:
-            _row_q8(v, xq, xs, wv[0], wv[1], r - dq - dk, gs)
-
-
-@pkernel
-def ffn_up_q8(hb, hb2, xq, xs, w1, w3, gs):
-    """hb = silu(w1 @ x) * (w3 @ x), row by row."""
-    for i in prange(hb.shape[0]):
-        _row_q8(hb, xq, xs, w1[0], w1[1], i, gs)
-        _row_q8(hb2, xq, xs, w3[0], w3[1], i, gs)
-        hb[i] = silu_mul(hb[i], hb2[i])
-
-
-@kernel
-def forward_q8(p, w, s, token, pos):
-    """runq.c's forward: forward() with int8 matmuls; logits in s.logits."""
-    head_size = p.dim // p.n_heads
-    kv_mul = p.n_heads // p.n_kv_heads
-    gs = w.group_size
-    dim, hidden = p.dim, p.hidden_dim
-    xq, xs = s.xq[:dim], s.xs[:dim // gs]
-    hq, hs = s.xq[:hidden], s.xs[:hidden // gs]
-    x = s.x
-    x[:] = w.token_embedding_table[token]
-    rope_angles(s.rope_cos, s.rope_sin, pos)
-
-    for l in range(p.n_layers):
-        rmsnorm(s.xb, x, w.rms_att_weight[l])
-        quantize(xq, xs, s.xb, gs)
-        k = s.key_cache[l, pos]
-        v = s.value_cache[l, pos]
-        matmul_qkv_q8(s.q, k, v, xq, xs, w.wq[l], w.wk[l], w.wv[l], gs)
-        rope(s.q, k, s.rope_cos, s.rope_sin)
-        attention(s.xb, s.att, s.q, s.key_cache[l], s.value_cache[l], pos, head_size, kv_mul)
-        quantize(xq, xs, s.xb, gs)
-        matmul_q8(s.xb2, xq, xs, w.wo[l][0], w.wo[l][1], gs)
-        accum(x, s.xb2)
-        rmsnorm(s.xb, x, w.rms_ffn_weight[l])
-        quantize(xq, xs, s.xb, gs)
-        ffn_up_q8(s.hb, s.hb2, xq, xs, w.w1[l], w.w3[l], gs)
-        quantize(hq, hs, s.hb, gs)
-        matmul_q8(s.xb, hq, hs, w.w2[l][0], w.w2[l][1], gs)
-        accum(x, s.xb)
-
-    rmsnorm(x, x, w.rms_final_weight)
-    quantize(xq, xs, x, gs)
-    matmul_q8(s.logits, xq, xs, w.wcls[0], w.wcls[1], gs)
+            matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3)
+    return q8
 
 
 # ----------------------------------------------------------------------------
-# the profiler's forward
+# the per-kernel profile: forward adds each step's nanoseconds and calls to a
+# row of `prof` (an empty array turns it off; a clock read costs ~20 ns)
+
+PROFILE_ROWS = ("embedding", "rmsnorm", "q/k/v matmul", "RoPE + KV store", "attention", "output projection",
+                "residual", "w1/w3 + SwiGLU", "w2 matmul", "classifier")
+EMBEDDING, RMSNORM, QKV, ROPE, ATTENTION, OUTPUT, RESIDUAL, FFN_UP, FFN_DOWN, CLASSIFIER = range(len(PROFILE_ROWS))
+
+
+@inline
+def tick(prof, row, t0):
+    """Charge the time since t0 to row; returns the new t0."""
+    if prof.shape[0] == 0:
+        return t0
+    t = clock_ns()
+    prof[row, 0] += t - t0
+    prof[row, 1] += 1
+    return t
+
+
+# ----------------------------------------------------------------------------
+# the forward pass
 
 @kernel
-def embed(x, table, token):
-    """x = table[token]."""
-    x[:] = table[token]
+def forward(p, w, s, token, pos, seq, want, prof):
+    """Run a batch of rows through the model: row b is token[b] of sequence seq[b] at position pos[b].
 
-
-def forward_profiled(p, w, s, token, pos, tick):
-    """forward() (or forward_q8()) driven from Python, one kernel call at a time, for the profiler.
-
-    Same kernels, same arithmetic (the logits are bit-identical); after each
-    step tick(name) charges the time since the previous tick to that row.
+    The rows' keys and values go into their sequences' caches; attention of
+    row b covers positions 0..pos[b], rows earlier in the batch included.
+    The logits of the rows with want[b] != 0 land in s.logits, in row order.
     """
-    head_size = p.dim // p.n_heads
-    kv_mul = p.n_heads // p.n_kv_heads
-    q8 = isinstance(w, TransformerWeightsQ8)
-    gs = w.group_size if q8 else 0
-    xq, xs = (s.xq[:p.dim], s.xs[:p.dim // gs]) if q8 else (None, None)
-    hq, hs = (s.xq[:p.hidden_dim], s.xs[:p.hidden_dim // gs]) if q8 else (None, None)
+    n = token.shape[0]
+    x, xb, xb2 = s.x[:n], s.xb[:n], s.xb2[:n]
+    hb, hb2, q, k, v, att = s.hb[:n], s.hb2[:n], s.q[:n], s.k[:n], s.v[:n], s.att[:n]
+    t = clock_ns() if prof.shape[0] else 0
+    for b in range(n):
+        x[b] = w.token_embedding_table[token[b]]
+    t = tick(prof, EMBEDDING, t)
 
-    def mm(out, x, wt, quantized=None):
-        if q8:
-            matmul_q8(out, quantized[0], quantized[1], wt[0], wt[1], gs)
-        else:
-            matmul(out, x, wt)
-
-    def quant(q, sc, x):
-        if q8:
-            quantize(q, sc, x, gs)
-            tick("quantize")
-
-    x = s.x
-    embed(x, w.token_embedding_table, token)
-    tick("embedding")
-    rope_angles(s.rope_cos, s.rope_sin, pos)
-    tick("RoPE")
     for l in range(p.n_layers):
-        rmsnorm(s.xb, x, w.rms_att_weight[l])
-        tick("rmsnorm")
-        quant(xq, xs, s.xb)
-        k = s.key_cache[l, pos]
-        v = s.value_cache[l, pos]
-        if q8:
-            matmul_qkv_q8(s.q, k, v, xq, xs, w.wq[l], w.wk[l], w.wv[l], gs)
-        else:
-            matmul_qkv(s.q, k, v, s.xb, w.wq[l], w.wk[l], w.wv[l])
-        tick("q/k/v matmul")
-        rope(s.q, k, s.rope_cos, s.rope_sin)
-        tick("RoPE")
-        attention_scores(s.att, s.q, s.key_cache[l], pos, head_size, kv_mul)
-        tick("attention scores")
-        attention_softmax(s.att, pos)
-        tick("attention softmax")
-        attention_values(s.xb, s.att, s.value_cache[l], pos, head_size, kv_mul)
-        tick("attention weighted sum")
-        quant(xq, xs, s.xb)
-        mm(s.xb2, s.xb, w.wo[l], (xq, xs))
-        tick("output projection")
-        accum(x, s.xb2)
-        tick("residual")
-        rmsnorm(s.xb, x, w.rms_ffn_weight[l])
-        tick("rmsnorm")
-        quant(xq, xs, s.xb)
-        if q8:
-            mm(s.hb, s.xb, w.w1[l], (xq, xs))
-            mm(s.hb2, s.xb, w.w3[l], (xq, xs))
-        else:
-            matmul2(s.hb, s.hb2, s.xb, w.w1[l], w.w3[l])
-        tick("w1/w3 matmul")
-        swiglu(s.hb, s.hb2)
-        tick("SwiGLU")
-        quant(hq, hs, s.hb)
-        mm(s.xb, s.hb, w.w2[l], (hq, hs))
-        tick("w2 matmul")
-        accum(x, s.xb)
-        tick("residual")
-    rmsnorm(x, x, w.rms_final_weight)
-    tick("rmsnorm")
-    quant(xq, xs, x)
-    mm(s.logits, x, w.wcls, (xq, xs))
-    tick("classifier")
+        # attention rmsnorm
+        rmsnorm(xb, x, w.rms_att_weight[l])
+        t = tick(prof, RMSNORM, t)
+
+        # q, k, v of every row
+        project(s, xb, q, w.wq[l], k, w.wk[l], v, w.wv[l])
+        t = tick(prof, QKV, t)
+
+        # RoPE relative positional encoding, then k and v into the cache
+        rope(q, k, s.rope_cos, s.rope_sin, pos)
+        store_kv(s.key_cache[l], s.value_cache[l], k, v, pos, seq)
+        t = tick(prof, ROPE, t)
+
+        # multi-head attention over each row's positions 0..pos
+        attention(xb, att, q, s.key_cache[l], s.value_cache[l], pos, seq)
+        t = tick(prof, ATTENTION, t)
+
+        # output projection and residual
+        project(s, xb, xb2, w.wo[l])
+        t = tick(prof, OUTPUT, t)
+        accum(x, xb2)
+        t = tick(prof, RESIDUAL, t)
+
+        # ffn: w2(silu(w1(x)) * w3(x)) and residual
+        rmsnorm(xb, x, w.rms_ffn_weight[l])
+        t = tick(prof, RMSNORM, t)
+        project(s, xb, hb, w.w1[l], hb2, w.w3[l])
+        swiglu(hb, hb2)
+        t = tick(prof, FFN_UP, t)
+        project(s, hb, xb, w.w2[l])
+        t = tick(prof, FFN_DOWN, t)
+        accum(x, xb)
+        t = tick(prof, RESIDUAL, t)
+
+    # final rmsnorm and classifier, for the rows that want logits
+    m = 0
+    for b in range(n):
+        if want[b]:
+            xb[m] = x[b]
+            m += 1
+    if m > 0:
+        rmsnorm(xb[:m], xb[:m], w.rms_final_weight)
+        t = tick(prof, RMSNORM, t)
+        project(s, xb[:m], s.logits[:m], w.wcls)
+        tick(prof, CLASSIFIER, t)
+
+
+@kernel
+def copy_sequence(key_cache, value_cache, src, dst, length):
+    """Positions 0..length-1 of sequence src's cache into sequence dst's, every layer."""
+    for l in range(key_cache.shape[0]):
+        key_cache[l, dst, :length] = key_cache[l, src, :length]
+        value_cache[l, dst, :length] = value_cache[l, src, :length]
+
+
+# ----------------------------------------------------------------------------
+# running a checkpoint
+
+class Profile:
+    """Time, calls, FLOPs and bytes per kernel row, over the forward passes it is given to.
+
+    `ns` is filled by forward itself; the FLOP and byte counts are added
+    per call by Transformer from the batch it ran; rows timed in Python
+    (sampling, decoding) are added with add().
+    """
+
+    def __init__(self, p, group_size=0):
+        self.p = p
+        self.wb = 1 + 4 / group_size if group_size else 4  # bytes per weight
+        self.ns = np.zeros((len(PROFILE_ROWS), 2), np.int64)
+        self.flops = np.zeros(len(PROFILE_ROWS))
+        self.bytes = np.zeros(len(PROFILE_ROWS))
+        self.extra = {}  # name -> [calls, seconds]
+
+    def account(self, n, positions, n_logits):
+        """FLOPs and bytes of weights (or KV cache) read by one forward of n rows at these positions."""
+        p, wb = self.p, self.wb
+        dim, hid, kv, L = p.dim, p.hidden_dim, p.kv_dim, p.n_layers
+        ctx = float(np.sum(np.asarray(positions, np.float64) + 1))  # positions attended, over the rows
+        cost = {
+            EMBEDDING: (0, n * dim * 4),
+            RMSNORM: ((2 * L * n + n_logits) * 3 * dim, (2 * L + 1) * dim * 4),
+            QKV: (L * 2 * n * dim * (dim + 2 * kv), L * wb * dim * (dim + 2 * kv)),
+            ROPE: (L * n * 6 * (dim + kv), 0),
+            ATTENTION: (L * 4 * ctx * dim, L * 8 * ctx * kv),
+            OUTPUT: (L * 2 * n * dim * dim, L * wb * dim * dim),
+            RESIDUAL: (2 * L * n * dim, 0),
+            FFN_UP: (L * n * (4 * dim * hid + 5 * hid), L * 2 * wb * dim * hid),
+            FFN_DOWN: (L * 2 * n * dim * hid, L * wb * dim * hid),
+            CLASSIFIER: (2 * n_logits * dim * p.vocab_size, wb * dim * p.vocab_size if n_logits else 0),
+        }
+        for row, (f, nbytes) in cost.items():
+            self.flops[row] += f
+            self.bytes[row] += nbytes
+
+    def add(self, name, seconds):
+        row = self.extra.setdefault(name, [0, 0.0])
+        row[0] += 1
+        row[1] += seconds
+
+    def rows(self):
+        """[(name, calls, seconds, flops, bytes)] of every row that ran, slowest first."""
+        out = [(name, int(self.ns[i, 1]), self.ns[i, 0] / 1e9, self.flops[i], self.bytes[i])
+               for i, name in enumerate(PROFILE_ROWS) if self.ns[i, 1]]
+        out += [(name, calls, sec, 0.0, 0.0) for name, (calls, sec) in self.extra.items()]
+        return sorted(out, key=lambda r: -r[2])
+
+
+_NO_PROFILE = np.zeros((0, 2), np.int64)
 
 
 class Transformer:
-    """A checkpoint ready to run: config, weights, run state, forward(token, pos)."""
+    """A checkpoint ready to run: config, weights, run state, and forward passes over batches of rows.
 
-    def __init__(self, checkpoint_path, mmap=True):
+    rows: most rows one forward pass takes (longer prompts go in chunks of
+    this many); seqs: sequences with a KV cache of their own.
+    """
+
+    def __init__(self, checkpoint_path, mmap=True, rows=64, seqs=1):
         self.path = checkpoint_path
         self.config, self.weights, self.version = read_checkpoint(checkpoint_path, mmap=mmap)
         self.quantized = self.version == 2
-        self.state = malloc_run_state(self.config, self.weights.group_size if self.quantized else 0)
-        self._forward = forward_q8 if self.quantized else forward
-        self.bytes_per_token = weight_bytes_per_token(self.config, self.weights)
+        p, gs = self.config, (self.weights.group_size if self.quantized else 0)
+        self.rows, self.seqs = rows, seqs
+        need = run_state_bytes(p, rows, seqs, gs)
+        have = _physical_memory()
+        if have and need > have:
+            raise CheckpointError(f"checkpoint {checkpoint_path}: its run state needs {need / 1e9:.1f} GB "
+                                  f"(the KV cache is {2 * 4 * p.n_layers * seqs * p.seq_len * p.kv_dim / 1e9:.1f} GB "
+                                  f"for seq_len {p.seq_len}), more than this machine's {have / 1e9:.1f} GB")
+        try:
+            self.state = malloc_run_state(p, rows, seqs, gs)
+        except MemoryError:
+            raise CheckpointError(f"checkpoint {checkpoint_path}: cannot allocate {need / 1e9:.1f} GB for the "
+                                  f"run state (KV cache for seq_len {p.seq_len})") from None
+        self.bytes_per_token = weight_bytes_per_token(p, self.weights)
+        self.profile = None  # a Profile to record forward passes into
+        self._one = [np.zeros(1, np.int32) for _ in range(4)]
 
-    def forward(self, token, pos):
-        """Logits (a view of the run state, overwritten by the next call)."""
-        self._forward(self.config, self.weights, self.state, token, pos)
-        return self.state.logits
+    def run(self, token, pos, seq, want):
+        """One forward pass over len(token) <= rows rows (int32 arrays); logits of the wanted rows, in order."""
+        m = int(np.count_nonzero(want))
+        if self.profile is None:
+            forward(self.config, self.weights, self.state, token, pos, seq, want, _NO_PROFILE)
+            return self.state.logits[:m]
+        prof = self.profile
+        inside = int(prof.ns[:, 0].sum())
+        t0 = time.perf_counter()
+        forward(self.config, self.weights, self.state, token, pos, seq, want, prof.ns)
+        wall = time.perf_counter() - t0
+        prof.add("call from Python", wall - (int(prof.ns[:, 0].sum()) - inside) / 1e9)
+        prof.account(len(token), pos, m)
+        return self.state.logits[:m]
 
-    def forward_profiled(self, token, pos, tick):
-        forward_profiled(self.config, self.weights, self.state, token, pos, tick)
-        return self.state.logits
+    def forward(self, token, pos, seq=0):
+        """Logits of one token (a view of the run state, overwritten by the next call)."""
+        t, p, s, wnt = self._one
+        t[0], p[0], s[0], wnt[0] = token, pos, seq, 1
+        return self.run(t, p, s, wnt)[0]
+
+    def prefill(self, tokens, pos=0, seq=0, logits="last", on_logits=None):
+        """Feed tokens at positions pos, pos + 1, ... of sequence seq, in chunks of `rows`.
+
+        logits="last": returns the last token's logits; "all": calls
+        on_logits(i, chunk_logits) for the chunk starting at token i and
+        returns None; None: no classifier at all.
+        """
+        n = len(tokens)
+        toks = np.asarray(tokens, np.int32)
+        last = None
+        for i in range(0, n, self.rows):
+            m = min(self.rows, n - i)
+            want = np.zeros(m, np.int32)
+            if logits == "all":
+                want[:] = 1
+            elif logits == "last" and i + m == n:
+                want[-1] = 1
+            out = self.run(toks[i:i + m], np.arange(pos + i, pos + i + m, dtype=np.int32),
+                           np.full(m, seq, np.int32), want)
+            if logits == "all":
+                on_logits(i, out)
+            elif len(out):
+                last = out[-1]
+        return last
+
+    def copy_sequence(self, src, dst, length):
+        """Make sequence dst's first `length` positions those of sequence src."""
+        copy_sequence(self.state.key_cache, self.state.value_cache, src, dst, length)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -15,6 +15,8 @@ import os
 import struct
 import sys
 
+from checkpoint import AtomicWrite, OutputError
+
 BOS, EOS = 1, 2
 
 
@@ -41,7 +43,7 @@ def _parse_byte_piece(piece):
         digits = rest[:2]
     n = 0
     for c in digits:
-        if not chr(c) in "0123456789abcdefABCDEF":
+        if chr(c) not in "0123456789abcdefABCDEF":
             break
         n += 1
     if n == 0:
@@ -56,6 +58,43 @@ def printable(piece):
         if not (0x20 <= b <= 0x7E or b in b"\t\n\v\f\r"):
             return b""
     return piece
+
+
+class TextStream:
+    """The pieces of a generation turned into what is written, and into the text it spells.
+
+    Default (run.c's output): each piece as safe_printf prints it, so a byte
+    token that is not printable ASCII vanishes, and a character outside the
+    vocabulary with it. utf8=True: the bytes themselves, with an incomplete
+    UTF-8 sequence held back until it completes and an invalid one written as
+    U+FFFD, so everything written is valid UTF-8 at every flush. In both
+    modes `text` is the correctly decoded string (invalid bytes as U+FFFD).
+    """
+
+    def __init__(self, utf8=False):
+        import codecs
+        self.utf8 = utf8
+        self._out = codecs.getincrementaldecoder("utf-8")("replace")
+        self._text = codecs.getincrementaldecoder("utf-8")("replace")
+        self.parts = []
+
+    def push(self, piece):
+        """Bytes to write for the next piece."""
+        if len(piece) == 1 and piece[0] < 0x80:
+            piece = printable(piece)  # ASCII control bytes are dropped in both modes, as safe_printf does
+        self.parts.append(self._text.decode(piece))
+        if not self.utf8:
+            return printable(piece)
+        return self._out.decode(piece).encode("utf-8")
+
+    def finish(self):
+        """Bytes still held back (an incomplete sequence at the end: U+FFFD)."""
+        self.parts.append(self._text.decode(b"", final=True))
+        return self._out.decode(b"", final=True).encode("utf-8") if self.utf8 else b""
+
+    @property
+    def text(self):
+        return "".join(self.parts)
 
 
 class Tokenizer:
@@ -207,8 +246,6 @@ def export(model_path, out_path=None, force=False):
         raise TokenizerError(f"{model_path} is not a sentencepiece model: {e}") from None
     if out_path is None:
         out_path = os.path.splitext(model_path)[0] + ".bin"
-    if os.path.exists(out_path) and not force:
-        raise TokenizerError(f"{out_path} exists; pass --force to overwrite it or -o to choose another name")
     pieces, scores = [], []
     for i in range(sp.GetPieceSize()):
         t = sp.IdToPiece(i)
@@ -218,18 +255,14 @@ def export(model_path, out_path=None, force=False):
             t = "\n</s>\n"
         pieces.append(t.replace("\u2581", " ").encode("utf-8"))  # sentencepiece writes spaces as U+2581
         scores.append(sp.GetScore(i))
-    tmp = out_path + ".tmp"  # renamed at the end: an interrupted export leaves no half file
     try:
-        with open(tmp, "wb") as f:
+        with AtomicWrite(out_path, force, inputs=[model_path]) as f:
             f.write(struct.pack("<I", max(len(b) for b in pieces)))
             for b, s in zip(pieces, scores):
                 f.write(struct.pack("<fI", s, len(b)))
                 f.write(b)
-        os.replace(tmp, out_path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise TokenizerError(f"cannot write {out_path}: {e.strerror or e}") from None
+    except OutputError as e:
+        raise TokenizerError(str(e)) from None
     return out_path
 
 
@@ -269,4 +302,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))  # Ctrl-C: quiet, no half-written file
     sys.exit(main(sys.argv[1:]))

@@ -333,8 +333,10 @@ def main(argv):
         st = startup(args)
         report["startup"] = st
         md += ["", "### Start-up (time to first token) and peak memory", "",
-               "| configuration | cold (empty JIT cache) | warm (cache filled) | peak RSS |", "| --- | ---: | ---: | ---: |"]
-        md += [f"| {k} | {v['cold_s']:.2f} s | {v['warm_s']:.2f} s | {v['peak_rss_mb']:.0f} MB |" for k, v in st.items()]
+               "| configuration | cold (empty JIT cache) | warm (cache filled) | peak RSS |",
+               "| --- | ---: | ---: | ---: |"]
+        md += [f"| {k} | {v['cold_s']:.2f} s | {v['warm_s']:.2f} s | {v['peak_rss_mb']:.0f} MB |"
+               for k, v in st.items()]
     print("\n".join(md))
     if args.json:
         with open(args.json, "w") as f:

@@ -12,10 +12,12 @@ end generation early (llama2.c stops at BOS) and shorten the timed run.
 
 import argparse
 import os
-import struct
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoint  # noqa: E402
 
 SHAPES = {  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
     "260K": (64, 172, 5, 8, 4, 512, 512),
@@ -25,30 +27,24 @@ SHAPES = {  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_le
 }
 
 
-def write_random(path, shape, seed=0):
+def write_random(path, shape, seed=0, force=False):
     dim, hidden, layers, heads, kv_heads, vocab, seq = SHAPES[shape]
-    head = dim // heads
-    kv = head * kv_heads
+    p = checkpoint.Config(dim, hidden, layers, heads, kv_heads, vocab, seq)
     rng = np.random.default_rng(seed)
 
     def normal(*shape, std):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
-    emb = normal(vocab, dim, std=1.0)
-    emb[1] *= np.float32(1e-3)  # BOS
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<7i", dim, hidden, layers, heads, kv_heads, vocab, seq))
-        f.write(emb.tobytes())
-        f.write(np.ones((layers, dim), np.float32).tobytes())  # rms_att
-        for rows, cols in [(dim, dim), (kv, dim), (kv, dim), (dim, dim)]:  # wq wk wv wo
-            f.write(normal(layers, rows, cols, std=0.5 / np.sqrt(cols)).tobytes())
-        f.write(np.ones((layers, dim), np.float32).tobytes())  # rms_ffn
-        for rows, cols in [(hidden, dim), (dim, hidden), (hidden, dim)]:  # w1 w2 w3
-            f.write(normal(layers, rows, cols, std=0.5 / np.sqrt(cols)).tobytes())
-        f.write(np.ones(dim, np.float32).tobytes())  # rms_final
-        f.write(np.zeros(seq * head, np.float32).tobytes())  # the two unused RoPE tables
-    os.replace(tmp, path)
+    t = {"token_embedding_table": normal(vocab, dim, std=1.0)}
+    t["token_embedding_table"][1] *= np.float32(1e-3)  # BOS
+    t["rms_att_weight"] = np.ones((layers, dim), np.float32)
+    t["rms_ffn_weight"] = np.ones((layers, dim), np.float32)
+    t["rms_final_weight"] = np.ones(dim, np.float32)
+    for name, shape in checkpoint.fp32_layout(0, p, True):
+        if name in checkpoint.LAYER_MATS:
+            t[name] = normal(*shape, std=0.5 / np.sqrt(shape[-1]))
+    with checkpoint.AtomicWrite(path, force) as f:
+        checkpoint.write(f, 0, p, t, shared=True)
 
 
 def main(argv):
@@ -58,10 +54,11 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="overwrite an existing file")
     a = ap.parse_args(argv)
-    if os.path.exists(a.out) and not a.force:
-        print(f"make_model.py: error: {a.out} exists (--force to overwrite)", file=sys.stderr)
+    try:
+        write_random(a.out, a.shape, a.seed, a.force)
+    except checkpoint.OutputError as e:
+        print(f"make_model.py: error: {e}", file=sys.stderr)
         return 1
-    write_random(a.out, a.shape, a.seed)
     print(f"wrote {a.out} ({os.path.getsize(a.out) / 1e6:.1f} MB, shape {a.shape})")
     return 0
 

@@ -160,3 +160,91 @@ def test_hf_import_writes_tokenizer_bin_from_tokenizer_model(hf_model, tmp_path)
     rc, err = export("hf", src, out, "--version", "1")
     assert rc == 0, err
     assert (out.parent / "tokenizer.bin").exists()
+
+
+# ---- failures leave nothing behind and never destroy an input ----------------------
+
+def _leftovers(directory):
+    return [n for n in os.listdir(directory) if n.endswith(".tmp")]
+
+
+def test_output_that_is_a_directory_is_one_line_and_leaves_nothing(fp32, tmp_path):
+    d, w, v0 = fp32
+    target = tmp_path / "adir"
+    target.mkdir()
+    rc, err = export("v1", v0, target, "--force")
+    assert rc != 0 and "Traceback" not in err and "is a directory" in err
+    assert os.listdir(tmp_path) == ["adir"] and os.listdir(target) == []
+
+
+@pytest.mark.parametrize("cmd", ["quantize", "v1"])
+def test_output_that_is_the_input_is_refused_even_with_force(fp32, tmp_path, cmd):
+    d, w, v0 = fp32
+    src = tmp_path / "in.bin"
+    src.write_bytes(v0.read_bytes())
+    before = src.read_bytes()
+    rc, err = export(cmd, src, src, "--force")
+    assert rc != 0 and "Traceback" not in err and "is the input" in err
+    assert src.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_export_imports_no_numba():
+    r = subprocess.run([sys.executable, "-c", "import sys, export; print('numba' in sys.modules)"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(fp32, tmp_path, monkeypatch):
+    import errno
+
+    import checkpoint
+    import export as export_module
+    d, w, v0 = fp32
+    p, t, shared = export_module.read_fp32(str(v0))
+
+    def full(f, *args, **kw):
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint, "write", full)
+    with pytest.raises(export_module.ExportError, match="No space left on device"):
+        export_module.write(str(tmp_path / "out.bin"), p, t, shared, 1)
+    assert os.listdir(tmp_path) == []
+
+
+_INTERRUPTED = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from checkpoint import AtomicWrite
+with AtomicWrite(sys.argv[2]) as f:
+    f.write(b"half a file")
+    f.flush()
+    os.kill(os.getpid(), getattr(signal, sys.argv[3]))
+    signal.pause()
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", None)])
+def test_a_signal_while_writing_removes_the_temporary_file(tmp_path, sig, code):
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED, ROOT, str(tmp_path / "out.bin"), sig],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and (code is None or r.returncode == code), r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_leftover_from_kill_9_does_not_get_in_the_way(fp32, tmp_path):
+    d, w, v0 = fp32
+    stale = tmp_path / ".out.bin.abc123.tmp"  # what a kill -9 mid-export leaves
+    stale.write_bytes(b"stale")
+    rc, err = export("v1", v0, tmp_path / "out.bin")
+    assert rc == 0, err
+    assert (tmp_path / "out.bin").read_bytes()[:4] == b"24ka"
+    assert stale.read_bytes() == b"stale"  # another run's file: not touched
+
+
+def test_exported_file_gets_the_usual_permissions(fp32, tmp_path):
+    d, w, v0 = fp32
+    assert export("v1", v0, tmp_path / "out.bin")[0] == 0
+    mode = os.stat(tmp_path / "out.bin").st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

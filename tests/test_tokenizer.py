@@ -534,3 +534,13 @@ def test_longer_file_reads_model_vocab_size(tmp_path):
     pieces, _ = tokenizer_pieces(512)
     tok = Tokenizer(str(path), 300)
     assert tok.vocab == pieces[:300]
+
+
+def test_export_cli_refuses_to_write_over_its_input(spm_model, tmp_path):
+    src = tmp_path / "m.model"
+    src.write_bytes(open(spm_model[1], "rb").read())
+    before = src.read_bytes()
+    r = _cli(src, "-o", src, "--force")
+    _assert_one_line_error(r, str(src))
+    assert src.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.model"]

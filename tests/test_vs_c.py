@@ -27,10 +27,13 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("vs_c")
     tok512 = write_tokenizer(d / "tok512.bin", 512)
     out = {
-        "r512-gqa-unshared-flat": (write_checkpoint(d / "a.bin", random_weights(64, 172, 3, 8, 4, 512, 256, shared=False, seed=5, scale=0.05)), tok512),
+        "r512-gqa-unshared-flat": (write_checkpoint(d / "a.bin", random_weights(64, 172, 3, 8, 4, 512, 256,
+                                                                                shared=False, seed=5, scale=0.05)),
+                                   tok512),
         "r512-unshared-v0": (write_checkpoint(d / "b.bin", random_weights(48, 128, 2, 6, 2, 512, 128, shared=False,
                                                                           seed=6, scale=0.1)), tok512),
-        "r512-mqa-sharp": (write_checkpoint(d / "c.bin", random_weights(32, 80, 2, 4, 1, 512, 96, seed=8, scale=0.6)), tok512),
+        "r512-mqa-sharp": (write_checkpoint(d / "c.bin", random_weights(32, 80, 2, 4, 1, 512, 96, seed=8, scale=0.6)),
+                           tok512),
     }
     if os.path.exists(STORIES260K):
         out["stories260K"] = (STORIES260K, tok512)
@@ -69,7 +72,8 @@ def assert_same_output(binary, models, name, args, stdin=None):
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "r512-unshared-v0", "r512-mqa-sharp", "stories260K", "r32000"])
+@pytest.mark.parametrize("name", ["r512-gqa-unshared-flat", "r512-unshared-v0", "r512-mqa-sharp", "stories260K",
+                                  "r32000"])
 def test_generate_matches_c(models, name, case):
     assert_same_output(RUN_C, models, name, CASES[case])
 

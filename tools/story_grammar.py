@@ -90,7 +90,7 @@ def story(rng):
         intro_friend = f"{name} had a friend named {friend}."
     else:
         friend = rng.choice(ANIMAL_NAMES)
-        fhe, fpos, fobj = ("it", "its", "it")
+        _, fpos, fobj = ("it", "its", "it")
         intro_friend = f"{name} had {rng.choice(ANIMALS)} named {friend}."
     trait, place, obj = rng.choice(TRAITS), rng.choice(PLACES), rng.choice(OBJECTS)
     thing = obj.split()[-1]

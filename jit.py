@@ -1,0 +1,413 @@
+"""Compile mode, target CPU and on-disk cache of the jitted kernels, and the 16-lane vectors they are written with.
+
+Imported before numba by model.py and run.py: numba reads its cache directory
+and thread count when it is first imported, so both are settled here from
+the environment, which run.py fills from its flags:
+
+  LLAMA2_FASTMATH   off | unsafe | on
+  LLAMA2_THREADS    1 = serial kernels (a plain gcc build); N > 1 = N threads (OpenMP)
+  LLAMA2_CACHE_DIR  where compiled code is kept (default ~/.cache/llama2-numba)
+
+What the three modes compute (gcc's flags, for llama2.c's run.c):
+
+  off     -O3: every sum in C's order, one element after another; a product
+          and the sum it feeds are rounded separately; the C library's expf.
+  unsafe  -O3 -funsafe-math-optimizations: dot products and sums are
+          reassociated into 16 interleaved lanes added up in a fixed tree,
+          and a product and its sum are fused (FMA) where the CPU has FMA.
+  on      -Ofast: as unsafe, and exp is a vectorizable polynomial (gcc gets
+          vector exp from glibc's libmvec under -ffast-math).
+
+The kernels spell those orders out themselves, with the vector type below;
+no LLVM fast-math flag is set in any mode. With `reassoc` LLVM chooses the
+order of a sum anew in every compiled copy of a function: numba compiles a
+kernel alone and again inside each jitted caller, caches the caller with
+its own copies, and a process then runs whichever copy it loaded first. On
+an AVX2 machine those copies rounded differently, so the first fast-math
+run of a command printed other text than the runs that loaded it from the
+cache. Without the flags every copy keeps the order written in the source.
+The order depends only on whether the target has FMA, so any two CPUs with
+FMA print the same text.
+"""
+
+import hashlib
+import os
+import sys
+import tempfile
+
+import llvmlite.binding as llvm  # binding only: importing it does not start numba
+
+MODES = ("off", "unsafe", "on")
+_ALIASES = {"0": "off", "false": "off", "no": "off", "1": "on", "true": "on", "yes": "on"}
+LANES = 16  # floats per vector; LLVM splits a 16-float vector into what the target has (1 zmm, 2 ymm, 4 xmm)
+
+
+def compile_mode():
+    """(fast-math mode, thread count) requested through the environment."""
+    fm = os.environ.get("LLAMA2_FASTMATH", "on").strip().lower()
+    fm = _ALIASES.get(fm, fm)
+    if fm not in MODES:
+        raise ValueError(f"LLAMA2_FASTMATH={fm!r}: expected off, unsafe or on")
+    threads = int(os.environ.get("LLAMA2_THREADS") or 0) or (os.cpu_count() or 1)
+    return fm, threads
+
+
+# ----------------------------------------------------------------------------
+# the CPU numba compiles for: the host, or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+
+# LLVM's haswell: AVX2 and FMA, no AVX-512. NUMBA_CPU_NAME=haswell alone keeps
+# the host's features (AVX-512 included on an AVX-512 host): numba takes the
+# feature list from the host unless NUMBA_CPU_FEATURES says otherwise.
+HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fsgsbase,+fxsr,+invpcid,"
+                    "+lzcnt,+mmx,+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,"
+                    "+ssse3,+xsave,+xsaveopt")
+
+# the instruction-set tiers the benchmarks and tests compile for, as environments
+TIERS = {
+    "generic": {"NUMBA_CPU_NAME": "generic"},  # baseline x86-64: SSE2, no FMA (gcc without -march)
+    "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES},  # -march=haswell
+    "host": {},  # -march=native
+}
+
+
+def target():
+    """(cpu name, set of enabled features) that numba compiles for, by numba's own rule.
+
+    An empty feature string with a named CPU (other than generic) leaves the
+    features to LLVM's model of that CPU, which this module cannot read: the
+    kernels then assume the baseline, which is correct on any x86-64.
+    """
+    name = os.environ.get("NUMBA_CPU_NAME") or None
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None and (name or "").lower() == "generic":
+        features = ""
+    if name is None:
+        name = llvm.get_host_cpu_name()
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return name, {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+CPU, FEATURES = target()
+HAS_FMA = "fma" in FEATURES
+AVX512 = "avx512f" in FEATURES
+AVX2 = "avx2" in FEATURES
+# register tile of the prefill matmul: rows x tokens of 16-float accumulators,
+# as many as the vector registers hold next to the operands (32 zmm: 12;
+# 16 ymm: 6, each 2 registers; 16 xmm: 2, each 4 registers)
+TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
+
+
+def tier_name():
+    """The instruction-set tier the kernels are compiled for: avx512, avx2 or baseline."""
+    return "avx512" if AVX512 else "avx2" if AVX2 else "baseline"
+
+
+# ----------------------------------------------------------------------------
+# the on-disk cache: one directory per mode, target and source version
+
+def _sources_digest():
+    """Hash of every file with kernels: numba checks only a kernel's own file's timestamp."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha1()
+    for name in ("jit.py", "model.py", "run.py"):
+        try:
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            pass
+    return digest.hexdigest()[:12]
+
+
+def _usable(path):
+    """Create path if needed and check that a file can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe")
+        os.close(fd)
+        os.remove(probe)
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir(fastmath, parallel):
+    """(directory for this mode's compiled code or None, warning or None).
+
+    The directory is keyed on the fast-math mode, serial or parallel, the
+    target CPU and its features, and the kernel sources. If the requested
+    place cannot be written (read-only, a file, no HOME), a private directory
+    under the system's temporary directory is used instead, and failing that
+    nothing is cached: numba's own fallback, __pycache__ beside the sources,
+    would share one cache between the modes.
+    """
+    feats = hashlib.sha1(",".join(sorted(FEATURES)).encode()).hexdigest()[:8]
+    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}", _sources_digest())
+    requested = os.environ.get("LLAMA2_CACHE_DIR")
+    if not requested:
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        requested = os.path.join(home, "llama2-numba")
+    fallback = os.path.join(tempfile.gettempdir(), f"llama2-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    for i, base in enumerate((requested, fallback)):
+        path = os.path.join(base, sub)
+        if _usable(path):
+            warning = None if i == 0 else f"JIT cache {requested} is not writable; using {base}"
+            return path, warning
+    return None, f"no writable JIT cache ({requested}, {fallback}): kernels are compiled at every start"
+
+
+FASTMATH, THREADS = compile_mode()
+STRICT = FASTMATH == "off"  # C's order everywhere (a bool: numba prunes `if STRICT:` at compile time)
+EXP_POLY = FASTMATH == "on"  # exp as a vectorizable polynomial instead of expf
+PARALLEL = THREADS > 1
+CACHE_DIR, CACHE_WARNING = cache_dir(FASTMATH, PARALLEL)
+
+if "numba" not in sys.modules:
+    if CACHE_DIR:
+        os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR
+    if PARALLEL:
+        os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
+
+import numba  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic, models, register_model  # noqa: E402
+
+if CACHE_DIR and os.path.abspath(numba.config.CACHE_DIR or "") != os.path.abspath(CACHE_DIR):
+    # numba was imported earlier with another cache: entries written in another
+    # mode could be loaded for this one, silently changing results
+    raise ImportError("jit.py must be imported before numba (or with NUMBA_CACHE_DIR="
+                      f"{CACHE_DIR}) so each mode keeps its own JIT cache")
+if PARALLEL:
+    numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+
+# error_model="numpy": float division follows IEEE (x / 0 is inf), as in C,
+# with no zero-divisor test in the loops
+_options = dict(cache=CACHE_DIR is not None, nogil=True, error_model="numpy")
+kernel = njit(**_options)  # serial kernels and glue
+pkernel = njit(parallel=PARALLEL, **_options)  # kernels with a prange loop
+inline = njit(inline="always", **_options)  # small helpers, inlined into their callers by numba
+
+
+# ----------------------------------------------------------------------------
+# f32x16: 16 float32 lanes in one LLVM vector, and the operations kernels use
+
+class F32x16(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+f32x16 = F32x16()
+_VEC = ir.VectorType(ir.FloatType(), LANES)
+_I32 = ir.IntType(32)
+
+
+@register_model(F32x16)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _llvm_fma(builder, a, b, c):
+    """a * b + c rounded once (llvm.fma), or rounded twice where the target has no FMA unit."""
+    if not HAS_FMA:
+        return builder.fadd(builder.fmul(a, b), c)
+    name = "llvm.fma.v16f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
+
+
+def _element_ptr(context, builder, arytype, ary, index):
+    data = context.make_array(arytype)(context, builder, ary).data
+    return builder.gep(data, [index])
+
+
+@intrinsic
+def vzero(typingctx):
+    """(0, ..., 0)."""
+    return f32x16(), lambda context, builder, sig, args: ir.Constant(_VEC, [0.0] * LANES)
+
+
+@intrinsic
+def vsplat(typingctx, value):
+    """(value, ..., value) of a float32."""
+    def codegen(context, builder, sig, args):
+        undef = ir.Constant(_VEC, ir.Undefined)
+        first = builder.insert_element(undef, args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return f32x16(types.float32), codegen
+
+
+def _contiguous_f32(a):
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1 and a.layout == "C"
+
+
+@intrinsic
+def vload(typingctx, a, j):
+    """a[j:j+16] of a contiguous 1-D float32 array (the caller keeps j + 16 <= len(a))."""
+    if not _contiguous_f32(a):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+    return f32x16(a, types.intp), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, j, v):
+    """a[j:j+16] = v."""
+    if not _contiguous_f32(a):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+    return types.void(a, types.intp, f32x16), codegen
+
+
+@intrinsic
+def vfma(typingctx, acc, a, b):
+    """acc + a * b lane by lane, fused where the target has FMA (the fast modes' product-sum)."""
+    def codegen(context, builder, sig, args):
+        return _llvm_fma(builder, args[1], args[2], args[0])
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vmuladd(typingctx, acc, a, b):
+    """acc + a * b lane by lane, the product rounded before the sum (C's `acc += a * b`)."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], builder.fmul(args[1], args[2]))
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """The 16 lanes added in a fixed tree: lane k + lane k+8, then k + k+4, k + k+2, k + k+1."""
+    def codegen(context, builder, sig, args):
+        x, width = args[0], LANES
+        while width > 1:
+            half = width // 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+            x, width = builder.fadd(lo, hi), half
+        return builder.extract_element(x, ir.Constant(_I32, 0))
+    return types.float32(f32x16), codegen
+
+
+@intrinsic
+def vlane(typingctx, v, k):
+    """Lane k of v."""
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+    return types.float32(f32x16, types.intp), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c for float32 scalars, fused where the target has FMA (as vfma)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _llvm_fma(builder, *args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+# ----------------------------------------------------------------------------
+# a tile of accumulators: rows x tokens vectors, kept in registers
+#
+# A tile is an LLVM array value. tile_fma updates one element picked by a
+# loop index; once LLVM has unrolled the tile loops (their bounds are the
+# constants in TILE) every index is constant and the array lives in vector
+# registers.
+
+class Tile(types.Type):
+    def __init__(self, n):
+        self.n = n
+        super().__init__(name=f"tile{n}xf32x16")
+
+
+_TILE_N = TILE[0] * TILE[1]
+tile_type = Tile(_TILE_N)
+
+
+@register_model(Tile)
+class _TileModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.ArrayType(_VEC, fe_type.n))
+
+
+def _tile_slot(builder, tile, k):
+    mem = cgutils.alloca_once(builder, tile.type)
+    builder.store(tile, mem)
+    return mem, builder.gep(mem, [ir.Constant(_I32, 0), k])
+
+
+@intrinsic
+def tile_zero(typingctx):
+    """A tile of zero vectors."""
+    array = ir.ArrayType(_VEC, _TILE_N)
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    return tile_type(), lambda context, builder, sig, args: ir.Constant(array, [zero] * _TILE_N)
+
+
+@intrinsic
+def tile_get(typingctx, tile, k):
+    """Vector k of the tile."""
+    def codegen(context, builder, sig, args):
+        _, ptr = _tile_slot(builder, args[0], args[1])
+        return builder.load(ptr)
+    return f32x16(tile_type, types.intp), codegen
+
+
+def _tile_update(op):
+    def typer(typingctx, tile, k, a, b):
+        def codegen(context, builder, sig, args):
+            mem, ptr = _tile_slot(builder, args[0], args[1])
+            builder.store(op(builder, builder.load(ptr), args[2], args[3]), ptr)
+            return builder.load(mem)
+        return tile_type(tile_type, types.intp, f32x16, f32x16), codegen
+    return typer
+
+
+tile_fma = intrinsic(_tile_update(lambda builder, acc, a, b: _llvm_fma(builder, a, b, acc)))
+tile_fma.__doc__ = "The tile with vector k replaced by vfma(vector k, a, b)."
+tile_muladd = intrinsic(_tile_update(lambda builder, acc, a, b: builder.fadd(acc, builder.fmul(a, b))))
+tile_muladd.__doc__ = "The tile with vector k replaced by vmuladd(vector k, a, b)."
+
+
+# ----------------------------------------------------------------------------
+# a clock readable from jitted code, for the per-kernel profile
+
+@intrinsic
+def clock_ns(typingctx):
+    """CLOCK_MONOTONIC in nanoseconds (clock_gettime, a vDSO call of about 20 ns)."""
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        timespec = ir.LiteralStructType([i64, i64])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I32, timespec.as_pointer()]),
+                                            "clock_gettime")
+        ts = cgutils.alloca_once(builder, timespec)
+        builder.call(fn, [ir.Constant(_I32, 1), ts])  # 1 = CLOCK_MONOTONIC on Linux
+        zero = ir.Constant(_I32, 0)
+        sec = builder.load(builder.gep(ts, [zero, zero]))
+        nsec = builder.load(builder.gep(ts, [zero, ir.Constant(_I32, 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+    return types.int64(), codegen
+
+
+def describe():
+    """One line for the `compile:` report: mode, threads, target and cache."""
+    return (f"fastmath {FASTMATH}, {THREADS} thread{'s' if THREADS > 1 else ''}, {CPU} ({tier_name()}), "
+            f"cache {CACHE_DIR or 'off'}")
