@@ -22,8 +22,10 @@ def _interrupted(signum, frame):
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, _interrupted)
 
+import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
+from collections import namedtuple  # noqa: E402
 
 USAGE = """\
 Usage:   python run.py [checkpoint] [options]
@@ -57,6 +59,24 @@ Options:
   --keep <int>
               tokens kept at a context shift (default: BOS and the prompt, or
               the chat's system prompt, at most half the context)
+  --utf8      print the bytes of byte-fallback tokens as UTF-8 (run.c drops
+              them); an invalid sequence prints as U+FFFD
+  --samples <int>
+              N continuations of the prompt, sample i with seed s + i (the
+              same text as -s s+i alone), decoded together: one forward pass
+              per step for all of them
+  --jsonl     one JSON object per sample on stdout instead of the text
+  --prompts <file> --out <file>
+              every prompt of a file (one per line, or JSON Lines with
+              "prompt" and an optional "seed"), times --samples, into JSONL
+              records in --out; run the same command again to resume
+  --on-error skip|stop
+              a bad --prompts line is skipped, or stops the run before it
+              starts (default)
+  --batch <int>
+              samples decoded at once with --prompts (default 16)
+  --ray <auto|ADDRESS|local>
+              run a --prompts job on a Ray cluster (pip install ".[ray]")
   -h, --help  show this help
 Without a checkpoint, the bundled demo model (demo/model.bin) runs.
 """
@@ -106,7 +126,8 @@ def parse_args(argv):
     o = dict(checkpoint=None, temperature=1.0, topp=0.9, seed=0, steps=256, prompt=None,
              tokenizer=None, mode="generate", system_prompt=None,
              fastmath="on", threads=0, mmap=True, profile=None, profile_file=None, eval=None,
-             context_shift=False, keep=None, help=False)
+             context_shift=False, keep=None, utf8=False, samples=1, jsonl=False, prompts=None, out=None,
+             on_error="stop", batch=16, ray=None, help=False)
     short = {"-t": ("temperature", _float), "-p": ("topp", _float), "-s": ("seed", _int),
              "-n": ("steps", _int), "-i": ("prompt", None), "-z": ("tokenizer", None),
              "-m": ("mode", None), "-y": ("system_prompt", None)}
@@ -138,6 +159,20 @@ def parse_args(argv):
             o["mmap"] = False
         elif a == "--context-shift":
             o["context_shift"] = True
+        elif a == "--utf8":
+            o["utf8"] = True
+        elif a == "--jsonl":
+            o["jsonl"] = True
+        elif a in ("--samples", "--batch") or a.startswith(("--samples=", "--batch=")):
+            flag = a.split("=")[0]
+            n = _int(flag, value(flag))
+            if n < 1:
+                raise UsageError(f"{flag} must be at least 1, got {n}")
+            o[flag[2:]] = n
+        elif a in ("--prompts", "--out", "--ray", "--on-error") or a.startswith(("--prompts=", "--out=", "--ray=",
+                                                                                   "--on-error=")):
+            flag = a.split("=")[0]
+            o[flag[2:].replace("-", "_")] = value(flag)
         elif a == "--keep" or a.startswith("--keep="):
             o["keep"] = _int("--keep", value("--keep"))
             if o["keep"] < 1:
@@ -185,6 +220,19 @@ def parse_args(argv):
         raise UsageError("--profile works in generate mode only")
     if o["keep"] is not None and not o["context_shift"]:
         raise UsageError("--keep applies to --context-shift, which is not given")
+    if o["on_error"] not in ("skip", "stop"):
+        raise UsageError(f"--on-error {o['on_error']}: expected skip or stop")
+    if (o["prompts"] is None) != (o["out"] is None):
+        raise UsageError("--prompts and --out go together: prompts from one file, JSONL records into the other")
+    if o["ray"] is not None and o["prompts"] is None:
+        raise UsageError("--ray runs a --prompts job")
+    many = o["samples"] > 1 or o["jsonl"] or o["prompts"] is not None
+    if many and o["mode"] == "chat":
+        raise UsageError("--samples, --jsonl and --prompts work in generate mode, not -m chat")
+    if many and (o["profile"] or o["eval"]):
+        raise UsageError("--profile and --eval run one sample: leave out --samples, --jsonl and --prompts")
+    if o["prompts"] is not None and o["prompt"] is not None:
+        raise UsageError("-i and --prompts both give prompts: use one")
     if 0 < o["temperature"] < 1e-30:
         raise UsageError(f"-t {o['temperature']:g}: a temperature this close to 0 overflows float32 logits; "
                          "-t 0 samples greedily")
@@ -215,7 +263,7 @@ import numpy as np  # noqa: E402
 import jit  # noqa: E402
 import model  # noqa: E402
 from jit import kernel  # noqa: E402
-from tokenizer import BOS, EOS, Tokenizer, TokenizerError, printable  # noqa: E402
+from tokenizer import BOS, EOS, TextStream, Tokenizer, TokenizerError  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # the xorshift* random number generator (64-bit state)
@@ -490,7 +538,8 @@ def report_speed(transformer, n_prompt, prompt_seconds, generated, gen_seconds, 
               f"keeping {min(ctx.keep, ctx.seq_len // 2)} tokens", file=sys.stderr)
 
 
-def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, keep=None, profiles=None):
+def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, keep=None, profiles=None,
+             utf8=False):
     """run.c's generate: feed the prompt (in one pass), then sample until steps or BOS.
 
     profiles: (prompt Profile, generation Profile) to record into, or None.
@@ -499,6 +548,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
     prompt_tokens = tokenizer.encode(prompt or b"", bos=True, eos=False)
     n_prompt = len(prompt_tokens)
     ctx = Context(transformer, 0, shift, keep if keep is not None else n_prompt)
+    stream = TextStream(utf8)
     # run.c feeds prompt token pos at position pos and samples from position n_prompt - 1 on
     fed = min(n_prompt, steps)
     transformer.profile = profiles[0] if profiles else None
@@ -508,9 +558,9 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
     transformer.profile = profiles[1] if profiles else None
     for pos in range(min(fed, n_prompt - 1)):
         if prompt_tokens[pos + 1] == BOS:
-            out.write(b"\n")
+            out.write(stream.finish() + b"\n")
             return n_prompt, prompt_seconds, 0, 0.0
-        out.write(printable(tokenizer.decode(prompt_tokens[pos], prompt_tokens[pos + 1])))
+        out.write(stream.push(tokenizer.decode(prompt_tokens[pos], prompt_tokens[pos + 1])))
     pos, generated, start = fed, 0, None
     timed = profiles[1] if profiles else None
     if fed == n_prompt:
@@ -521,7 +571,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
             t_d = time.perf_counter()
             if next_token == BOS:
                 break
-            out.write(printable(tokenizer.decode(token, next_token)))
+            out.write(stream.push(tokenizer.decode(token, next_token)))
             if timed and start is not None:
                 timed.add("sampling", t_d - t_s)
                 timed.add("decoding and output", time.perf_counter() - t_d)
@@ -533,7 +583,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
             logits = ctx.step(token)
             pos += 1
             generated += 1
-    out.write(b"\n")
+    out.write(stream.finish() + b"\n")
     gen_seconds = time.perf_counter() - start if start is not None else 0.0
     report_speed(transformer, n_prompt, prompt_seconds, generated, gen_seconds, ctx)
     return n_prompt, prompt_seconds, generated, gen_seconds
@@ -551,7 +601,8 @@ def read_stdin(out, guide):
     return line[:-1] if line.endswith(b"\n") else line
 
 
-def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, steps, out, shift=False, keep=None):
+def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, steps, out, shift=False, keep=None,
+         utf8=False):
     """run.c's chat loop with the Llama 2 chat template; ends at steps or end of input.
 
     Each turn's prompt goes through the model in one pass. run.c samples at
@@ -559,6 +610,7 @@ def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, st
     the logits of every prompt position are computed and sampled alike.
     """
     ctx = Context(transformer, 0, shift, keep or 1)
+    stream = TextStream(utf8)
     user_turn = True
     next_token = token = 0
     prompt_tokens, user_idx = [], 0
@@ -603,9 +655,9 @@ def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, st
                     user_turn = True
                 pos += 1
                 if user_idx >= len(prompt_tokens) and next_token != EOS:
-                    out.write(printable(tokenizer.decode(token, next_token)))
+                    out.write(stream.push(tokenizer.decode(token, next_token)))
                 if next_token == EOS:
-                    out.write(b"\n")
+                    out.write(stream.finish() + b"\n")
             continue
 
         token = next_token
@@ -615,10 +667,285 @@ def chat(transformer, tokenizer, sampler, cli_user_prompt, cli_system_prompt, st
         next_token = sampler.sample(logits)
         pos += 1
         if next_token != EOS:
-            out.write(printable(tokenizer.decode(token, next_token)))
+            out.write(stream.push(tokenizer.decode(token, next_token)))
         else:
-            out.write(b"\n")
-    out.write(b"\n")
+            out.write(stream.finish() + b"\n")
+    out.write(stream.finish() + b"\n")
+
+
+# ----------------------------------------------------------------------------
+# many samples at once: every live sample is one row of each forward pass
+
+Job = namedtuple("Job", "line sample prompt seed")  # line: the prompt's line in a --prompts file, else None
+# out: the bytes run.c would print (prompt and continuation); text: the continuation, decoded
+Sample = namedtuple("Sample", "job out text tokens stop seconds")
+
+
+class Lockstep:
+    """Generates many samples with one forward pass per step for all of them (continuous batching).
+
+    Up to transformer.seqs samples run at once, each in its own KV-cache
+    sequence; when one ends (BOS, or its steps), the next job takes its
+    place. A job's prompt goes through the model in one pass; jobs that
+    start together with the same prompt share it (the cache rows are
+    copied). Each sample's text is what `run.py -s SEED -i PROMPT` prints
+    alone: every output of the forward pass is computed in the same order
+    whatever the batch.
+    """
+
+    def __init__(self, transformer, tokenizer, steps, temperature, topp, stop_label="steps", shift=False,
+                 keep=None, utf8=False, on_finish=None):
+        self.t, self.tok = transformer, tokenizer
+        self.steps, self.temperature, self.topp = steps, temperature, topp
+        self.stop_label, self.shift, self.keep, self.utf8 = stop_label, shift, keep, utf8
+        self.generated = 0  # tokens generated after each sample's first, over all samples
+        self.decode_seconds = 0.0  # time spent in the batched steps
+
+    def run(self, jobs):
+        """Yield a Sample for every job, in job order."""
+        jobs = iter(jobs)
+        n = self.t.seqs
+        slots = [None] * n
+        done, order, next_out = {}, [], 0
+        exhausted = False
+        while True:
+            if not exhausted:
+                shared = {}  # prompt tokens -> (sequence, logits), for jobs starting in this round
+                for s in range(n):
+                    if slots[s] is None:
+                        job = next(jobs, None)
+                        if job is None:
+                            exhausted = True
+                            break
+                        order.append(job)
+                        slots[s] = self._start(job, len(order) - 1, s, shared)
+                        self._finish_if_done(slots, s, done)
+            live = [s for s in range(n) if slots[s] is not None]
+            if live:
+                self._step(slots, live)
+                for s in live:
+                    self._finish_if_done(slots, s, done)
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+            if exhausted and not live and not done:
+                return
+
+    # one sample's state: its job, sampler, context, text stream, current token, position
+    def _start(self, job, index, seq, shared):
+        slot = dict(job=job, index=index, sampler=Sampler(self.t.config.vocab_size, self.temperature, self.topp,
+                                                           job.seed),
+                    stream=TextStream(self.utf8), out=[], stop=None, generated=0, t_first=None)
+        tokens = self.tok.encode(job.prompt, bos=True, eos=False)
+        slot["ctx"] = ctx = Context(self.t, seq, self.shift, self.keep if self.keep is not None else len(tokens))
+        fed = min(len(tokens), self.steps)
+        key = tuple(tokens[:fed])
+        if key in shared and fed == len(tokens) and fed <= self.t.config.seq_len:  # no shift while feeding
+            src, logits = shared[key]
+            self.t.copy_sequence(src, seq, fed)
+            ctx.tokens = list(key)
+            logits = logits.copy()
+        else:
+            logits = ctx.feed(tokens[:fed], logits="last" if fed == len(tokens) else None)
+            logits = logits.copy() if logits is not None else None
+            if logits is not None:
+                shared[key] = (seq, logits.copy())
+        for pos in range(min(fed, len(tokens) - 1)):
+            if tokens[pos + 1] == BOS:
+                slot["stop"] = "bos"
+                return slot
+            self._emit(slot, self.tok.decode(tokens[pos], tokens[pos + 1]))
+        slot["pos"] = fed
+        slot["prompt_chars"] = len(slot["stream"].text)
+        if fed < len(tokens):
+            slot["stop"] = self.stop_label
+            return slot
+        slot["token"] = tokens[-1]
+        self._advance(slot, logits)
+        return slot
+
+    def _emit(self, slot, piece):
+        slot["out"].append(slot["stream"].push(piece))
+
+    def _advance(self, slot, logits):
+        """Sample the next token from the slot's logits; end the sample at BOS or at its last step."""
+        nxt = slot["sampler"].sample(logits)
+        if nxt == BOS:
+            slot["stop"] = "bos"
+            return
+        self._emit(slot, self.tok.decode(slot["token"], nxt))
+        slot["token"] = nxt
+        if slot["t_first"] is None:
+            slot["t_first"] = time.perf_counter()
+        if slot["pos"] >= self.steps:
+            slot["stop"] = self.stop_label
+
+    def _step(self, slots, live):
+        """One forward pass with a row for every live sample, then sample each."""
+        t0 = time.perf_counter()
+        for s in live:
+            if slots[s]["ctx"].full():
+                slots[s]["ctx"].make_room()
+        tokens = np.array([slots[s]["token"] for s in live], np.int32)
+        pos = np.array([slots[s]["ctx"].pos for s in live], np.int32)
+        logits = self.t.run(tokens, pos, np.array(live, np.int32), np.ones(len(live), np.int32))
+        for r, s in enumerate(live):
+            slot = slots[s]
+            slot["ctx"].tokens.append(slot["token"])
+            slot["pos"] += 1
+            slot["generated"] += 1
+            self._advance(slot, logits[r])
+        self.decode_seconds += time.perf_counter() - t0
+        self.generated += len(live)
+
+    def _finish_if_done(self, slots, s, done):
+        slot = slots[s]
+        if slot is None or slot["stop"] is None:
+            return
+        tail = slot["stream"].finish()
+        out = b"".join(slot["out"]) + tail + b"\n"
+        seconds = time.perf_counter() - slot["t_first"] if slot["t_first"] else 0.0
+        text = slot["stream"].text[slot.get("prompt_chars", 0):]
+        tokens = slot["generated"] + (slot["t_first"] is not None)  # the first sampled token too
+        done[slot["index"]] = Sample(slot["job"], out, text, tokens, slot["stop"], seconds)
+        slots[s] = None
+
+
+# ----------------------------------------------------------------------------
+# bulk prompts: a file of prompts in, one JSONL record per sample out, resumable
+
+class PromptsError(Exception):
+    """A --prompts file or --out file that cannot be used; the message names the file and line."""
+
+
+def read_prompts(path):
+    """([(line number, prompt bytes, seed or None)], [(line number, problem)]) of a --prompts file.
+
+    One prompt per line, or JSON Lines with a "prompt" string and an optional
+    integer "seed" (the file is JSON Lines when its first non-blank line
+    starts with "{"). Blank lines are skipped; a line that is not valid
+    UTF-8 or JSON, or lacks "prompt", is a problem.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PromptsError(f"cannot read --prompts file {path}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    first = next((x.strip() for x in lines if x.strip()), b"")
+    jsonl = first.startswith(b"{")
+    good, bad = [], []
+    for number, raw in enumerate(lines, 1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.append((number, f"not valid UTF-8 (byte 0x{raw[e.start]:02X} at column {e.start + 1})"))
+            continue
+        if not jsonl:
+            good.append((number, raw, None))
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            bad.append((number, f"invalid JSON ({e})"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            bad.append((number, 'no "prompt" string'))
+            continue
+        seed = record.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            bad.append((number, f'"seed" {seed!r} is not an integer'))
+            continue
+        good.append((number, record["prompt"].encode("utf-8", "surrogateescape"), seed))
+    return good, bad
+
+
+def bulk_jobs(prompts, samples, seed):
+    """Every (line, sample) job: sample i of a line uses the line's seed (or -s) plus i."""
+    return [Job(line, i, prompt, ((own if own is not None else seed) + i) % 2**64 or 1)
+            for line, prompt, own in prompts for i in range(samples)]
+
+
+def record(sample):
+    """The JSONL record of a finished sample.
+
+    --prompts records carry the prompt's line and no speed: the same job
+    gives the same file, whether it ran at once or was resumed. --jsonl
+    records of --samples carry the sample's generation tok/s.
+    """
+    job = sample.job
+    r = {} if job.line is None else {"line": job.line}
+    r.update({"sample": job.sample, "prompt": job.prompt.decode("utf-8", "replace"), "seed": job.seed,
+              "text": sample.text, "tokens": sample.tokens, "stop": sample.stop})
+    if job.line is None:
+        r["tok_s"] = round((sample.tokens - 1) / sample.seconds, 2) if sample.seconds > 0 else None
+    return json.dumps(r, ensure_ascii=False) + "\n"
+
+
+def resume_point(path, jobs):
+    """(records already complete in path, byte length they take) for a rerun of the same job.
+
+    A last line without its newline (a run killed while writing) is not
+    counted: the file is cut back to the complete records. Records that are
+    not this job's (another prompt file, other seeds) are an error, so an
+    unrelated file is never appended to.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0, 0
+    except OSError as e:
+        raise PromptsError(f"cannot read --out file {path}: {e.strerror or e}") from None
+    end = data.rfind(b"\n") + 1
+    if data[end:] and not data[end:].startswith(b'{"line": '[:len(data[end:])]):
+        raise PromptsError(f"--out file {path} ends in a line that is not one of this program's records; "
+                           "give another --out file")
+    count = 0
+    for raw in data[:end].split(b"\n")[:-1]:
+        try:
+            r = json.loads(raw)
+            key = (r["line"], r["sample"], r["seed"])
+        except (ValueError, KeyError, TypeError):
+            raise PromptsError(f"--out file {path} has a line that is not one of this program's records "
+                               f"(line {count + 1}); give another --out file") from None
+        if count >= len(jobs) or key != (jobs[count].line, jobs[count].sample, jobs[count].seed):
+            want = jobs[count] if count < len(jobs) else None
+            hint = (f"; its seeds say -s {r['seed'] - r['sample']}" if want and key[:2] == (want.line, want.sample)
+                    else "")
+            raise PromptsError(f"--out file {path} holds records of another job (record {count + 1}: line "
+                               f"{key[0]} sample {key[1]} seed {key[2]}){hint}")
+        count += 1
+    return count, end
+
+
+class ProgressBar:
+    """One line on stderr (rewritten when it is a terminal): records done, prompts, tokens per second."""
+
+    def __init__(self, total, prompts, done=0):
+        self.total, self.prompts, self.done = total, prompts, done
+        self.tokens, self.t0, self.shown = 0, time.perf_counter(), -1
+        self.tty = sys.stderr.isatty()
+
+    def update(self, tokens):
+        self.done += 1
+        self.tokens += tokens
+        pct = 100 * self.done // self.total if self.total else 100
+        if pct == self.shown and self.done < self.total:
+            return
+        self.shown = pct
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        line = f"[{'#' * (pct // 4):<25}] {self.done}/{self.total} samples of {self.prompts} prompts, {rate:.0f} tok/s"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.tty:
+            print(file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -680,6 +1007,59 @@ def evaluate(transformer, tokenizer, text, progress=True, shift=False, keep=1):
     return n, (total / n if n else float("nan"))
 
 
+def print_samples(lockstep, jobs, out, jsonl, transformer):
+    """--samples N: each sample whole, in order, separated by a blank line (or one JSON record each)."""
+    for i, smp in enumerate(lockstep.run(jobs)):
+        if jsonl:
+            out.write(record(smp).encode("utf-8"))
+        else:
+            print(f"sample {i + 1}/{len(jobs)} (seed {smp.job.seed}): {smp.tokens} tokens, stop: {smp.stop}",
+                  file=sys.stderr)
+            out.write((b"\n" if i else b"") + smp.out)
+    if lockstep.generated and lockstep.decode_seconds > 0:
+        tok_s = lockstep.generated / lockstep.decode_seconds
+        print("achieved tok/s: %f (%d samples decoded together)" % (tok_s, len(jobs)), file=sys.stderr)
+        print("weights read: %.1f MB/step, %.2f GB/s" % (transformer.bytes_per_token / 1e6,
+                                                          transformer.bytes_per_token * lockstep.generated
+                                                          / lockstep.decode_seconds / len(jobs) / 1e9),
+              file=sys.stderr)
+    return 0
+
+
+def bulk_plan(o, seed):
+    """(jobs, records already done, their byte length) of a --prompts job; bad lines reported or refused first."""
+    prompts, bad = read_prompts(o["prompts"])
+    if bad and o["on_error"] == "stop":
+        line, problem = bad[0]
+        more = f"; {len(bad)} bad lines in all" if len(bad) > 1 else ""
+        raise PromptsError(f"{o['prompts']}:{line}: {problem}{more} (--on-error skip runs the others)")
+    for line, problem in bad:
+        print(f"run.py: {o['prompts']}:{line}: skipped: {problem}", file=sys.stderr)
+    jobs = bulk_jobs(prompts, o["samples"], seed)
+    return jobs, len(prompts), *resume_point(o["out"], jobs)
+
+
+def bulk(lockstep, o, plan):
+    """--prompts FILE --out FILE: every prompt's samples as JSONL records, in order, resuming a partial file."""
+    jobs, n_prompts, done, end = plan
+    try:
+        f = open(o["out"], "r+b" if end or os.path.exists(o["out"]) else "wb")
+        f.truncate(end)  # a record cut short by a kill is written again
+        f.seek(end)
+    except OSError as e:
+        return error(f"cannot write --out file {o['out']}: {e.strerror or e}")
+    if done:
+        print(f"run.py: resuming {o['out']}: {done} of {len(jobs)} records are done", file=sys.stderr)
+    progress = ProgressBar(len(jobs), n_prompts, done)
+    with f:
+        for smp in lockstep.run(jobs[done:]):
+            f.write(record(smp).encode("utf-8"))
+            f.flush()
+            progress.update(smp.tokens)
+    progress.close()
+    return 0
+
+
 # ----------------------------------------------------------------------------
 # main
 
@@ -730,11 +1110,24 @@ def main(argv):
         topp = np.float32(0.9)
     steps = max(o["steps"], 0)
 
+    many = o["samples"] > 1 or o["jsonl"] or o["prompts"] is not None
+    seqs = (o["batch"] if o["prompts"] is not None else o["samples"]) if many else 1
+    plan = None
+    if o["prompts"] is not None:
+        try:
+            plan = bulk_plan(o, seed)
+        except PromptsError as e:
+            return error(str(e))
+        if plan[2] == len(plan[0]):
+            print(f"run.py: {o['out']} already holds all {plan[2]} records of this job", file=sys.stderr)
+            return 0
     try:
-        runner = model.Transformer(o["checkpoint"], mmap=o["mmap"], rows=PREFILL_ROWS)
+        runner = model.Transformer(o["checkpoint"], mmap=o["mmap"], rows=max(PREFILL_ROWS, seqs), seqs=seqs)
         p = runner.config
+        stop_label = "steps"
         if steps == 0 or (steps > p.seq_len and not o["context_shift"]):
             steps = p.seq_len
+            stop_label = "seq_len"
         if o["keep"] is not None and o["keep"] > p.seq_len // 2:
             return error(f"--keep {o['keep']} is more than half the context ({p.seq_len} positions): "
                          "a shift would drop too little to be worth its re-encoding")
@@ -762,13 +1155,20 @@ def main(argv):
 
         seconds = warm_up(runner, sampler)
         print(f"compile: {seconds:.2f} s ({jit.describe()})", file=sys.stderr)
+        lockstep = Lockstep(runner, tok, steps, temperature, topp, stop_label, o["context_shift"], o["keep"],
+                            o["utf8"])
+        if plan is not None:
+            return bulk(lockstep, o, plan)
+        if many:
+            jobs = [Job(None, i, prompt or b"", (seed + i) % 2**64 or 1) for i in range(o["samples"])]
+            return print_samples(lockstep, jobs, out, o["jsonl"], runner)
         if o["mode"] == "generate":
             profiles = None
             if o["profile"]:
                 gs = runner.weights.group_size if runner.quantized else 0
                 profiles = (model.Profile(p, gs), model.Profile(p, gs))
             n_prompt, t_prompt, generated, t_gen = generate(runner, tok, sampler, prompt, steps, out,
-                                                            o["context_shift"], o["keep"], profiles)
+                                                            o["context_shift"], o["keep"], profiles, o["utf8"])
             if profiles:
                 reports = {"prompt": profile_report(profiles[0], n_prompt, t_prompt),
                            "generation": profile_report(profiles[1], generated, t_gen)}
@@ -784,8 +1184,8 @@ def main(argv):
                     print_profile("per-kernel profile of generation (the first token left out, as in tok/s)",
                                   reports["generation"])
         else:
-            chat(runner, tok, sampler, prompt, system_prompt, steps, out, o["context_shift"], o["keep"])
-    except TokenizerError as e:
+            chat(runner, tok, sampler, prompt, system_prompt, steps, out, o["context_shift"], o["keep"], o["utf8"])
+    except (TokenizerError, PromptsError) as e:
         return error(str(e))
     except BrokenPipeError:
         _quiet_stdout()
