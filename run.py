@@ -260,6 +260,7 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 
+import checkpoint  # noqa: E402
 import jit  # noqa: E402
 import model  # noqa: E402
 from jit import kernel  # noqa: E402
@@ -1039,11 +1040,11 @@ def bulk_plan(o, seed):
     return jobs, len(prompts), *resume_point(o["out"], jobs)
 
 
-def bulk(lockstep, o, plan):
-    """--prompts FILE --out FILE: every prompt's samples as JSONL records, in order, resuming a partial file."""
+def write_records(o, plan, records):
+    """Append (JSONL record, tokens) pairs to --out as they come, flushing each, after the records already done."""
     jobs, n_prompts, done, end = plan
     try:
-        f = open(o["out"], "r+b" if end or os.path.exists(o["out"]) else "wb")
+        f = open(o["out"], "r+b" if os.path.exists(o["out"]) else "wb")
         f.truncate(end)  # a record cut short by a kill is written again
         f.seek(end)
     except OSError as e:
@@ -1052,12 +1053,80 @@ def bulk(lockstep, o, plan):
         print(f"run.py: resuming {o['out']}: {done} of {len(jobs)} records are done", file=sys.stderr)
     progress = ProgressBar(len(jobs), n_prompts, done)
     with f:
-        for smp in lockstep.run(jobs[done:]):
-            f.write(record(smp).encode("utf-8"))
+        for line, tokens in records:
+            f.write(line.encode("utf-8"))
             f.flush()
-            progress.update(smp.tokens)
+            progress.update(tokens)
     progress.close()
     return 0
+
+
+def bulk(lockstep, o, plan):
+    """--prompts FILE --out FILE: every prompt's samples as JSONL records, in order, resuming a partial file."""
+    jobs, done = plan[0], plan[2]
+    return write_records(o, plan, ((record(smp), smp.tokens) for smp in lockstep.run(jobs[done:])))
+
+
+# ----------------------------------------------------------------------------
+# bulk prompts on a Ray cluster
+
+class RayGenerator:
+    """A Ray Data actor: loads the checkpoint once, then runs batches of jobs through Lockstep.
+
+    Each batch is a dict of arrays (line, sample, prompt, seed); it returns
+    the JSONL records of those jobs, in order. The compile mode comes from
+    the environment the driver gives the actor (LLAMA2_FASTMATH,
+    LLAMA2_THREADS), so its text is the in-process run's.
+    """
+
+    def __init__(self, checkpoint, tokenizer, seqs, mmap, **lockstep):
+        t = model.Transformer(checkpoint, mmap=mmap, rows=max(PREFILL_ROWS, seqs), seqs=seqs)
+        self.lockstep = Lockstep(t, Tokenizer(tokenizer, t.config.vocab_size), **lockstep)
+        warm_up(t, Sampler(t.config.vocab_size, 1.0, 0.9, 1))
+
+    def __call__(self, batch):
+        jobs = [Job(int(line), int(sample), bytes(prompt), int(seed))
+                for line, sample, prompt, seed in zip(batch["line"], batch["sample"], batch["prompt"], batch["seed"])]
+        return {"record": np.array([record(smp) for smp in self.lockstep.run(jobs)], dtype=object)}
+
+
+def bulk_on_ray(o, plan, lockstep_args, threads):
+    """--prompts on Ray: one actor per `threads` CPUs of the cluster, records written here in job order."""
+    try:
+        import ray
+    except ImportError:
+        return error("--ray needs Ray: pip install \".[ray]\"")
+    jobs, done = plan[0], plan[2]
+    env = {"LLAMA2_FASTMATH": o["fastmath"], "LLAMA2_THREADS": str(threads)}
+    if os.environ.get("LLAMA2_CACHE_DIR"):
+        env["LLAMA2_CACHE_DIR"] = os.environ["LLAMA2_CACHE_DIR"]
+    try:
+        if ray.is_initialized():  # started by the program that called main(): code from this directory
+            actor_env = {"env_vars": dict(env, PYTHONPATH=ROOT)}
+        else:  # the job ships the project's code to every worker; checkpoint and tokenizer must be readable there
+            actor_env = None
+            ray.init(address=None if o["ray"] == "local" else o["ray"], logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"env_vars": env, "working_dir": ROOT,
+                                  "excludes": [".git", "tests", "benchmarks", "demo", "tools", "*.bin"]})
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        return error(f"--ray {o['ray']}: cannot reach a Ray cluster ({str(e).splitlines()[0]})")
+    actors = max(1, cpus // threads)
+    print(f"run.py: Ray: {actors} actor{'s' if actors > 1 else ''} of {threads} CPU{'s' if threads > 1 else ''} "
+          f"on {cpus} CPUs", file=sys.stderr)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    todo = jobs[done:]
+    ds = ray.data.from_items([{"line": j.line, "sample": j.sample, "prompt": j.prompt, "seed": j.seed}
+                              for j in todo], override_num_blocks=max(1, min(len(todo), 4 * actors)))
+    records = ds.map_batches(RayGenerator, batch_size=2 * o["batch"], concurrency=actors, num_cpus=threads,
+                             runtime_env=actor_env,
+                             fn_constructor_kwargs=dict(checkpoint=os.path.abspath(o["checkpoint"]),
+                                                        tokenizer=os.path.abspath(o["tokenizer"]),
+                                                        seqs=o["batch"], mmap=o["mmap"], **lockstep_args))
+    return write_records(o, plan, ((row["record"], json.loads(row["record"])["tokens"])
+                                   for row in records.iter_rows()))
 
 
 # ----------------------------------------------------------------------------
@@ -1122,8 +1191,7 @@ def main(argv):
             print(f"run.py: {o['out']} already holds all {plan[2]} records of this job", file=sys.stderr)
             return 0
     try:
-        runner = model.Transformer(o["checkpoint"], mmap=o["mmap"], rows=max(PREFILL_ROWS, seqs), seqs=seqs)
-        p = runner.config
+        p = checkpoint.read_header(o["checkpoint"]).config
         stop_label = "steps"
         if steps == 0 or (steps > p.seq_len and not o["context_shift"]):
             steps = p.seq_len
@@ -1132,6 +1200,11 @@ def main(argv):
             return error(f"--keep {o['keep']} is more than half the context ({p.seq_len} positions): "
                          "a shift would drop too little to be worth its re-encoding")
         tok = Tokenizer(o["tokenizer"], p.vocab_size)
+        lockstep_args = dict(steps=steps, temperature=temperature, topp=topp, stop_label=stop_label,
+                             shift=o["context_shift"], keep=o["keep"], utf8=o["utf8"])
+        if plan is not None and o["ray"] is not None:  # the actors load the model, not this process
+            return bulk_on_ray(o, plan, lockstep_args, int(os.environ.get("LLAMA2_THREADS") or 1))
+        runner = model.Transformer(o["checkpoint"], mmap=o["mmap"], rows=max(PREFILL_ROWS, seqs), seqs=seqs)
     except (model.CheckpointError, TokenizerError) as e:
         return error(str(e))
     sampler = Sampler(p.vocab_size, temperature, topp, seed)
@@ -1155,8 +1228,7 @@ def main(argv):
 
         seconds = warm_up(runner, sampler)
         print(f"compile: {seconds:.2f} s ({jit.describe()})", file=sys.stderr)
-        lockstep = Lockstep(runner, tok, steps, temperature, topp, stop_label, o["context_shift"], o["keep"],
-                            o["utf8"])
+        lockstep = Lockstep(runner, tok, **lockstep_args)
         if plan is not None:
             return bulk(lockstep, o, plan)
         if many:

@@ -229,3 +229,24 @@ def test_the_utf8_stream_is_valid_at_every_flush():
             c.decode("utf-8")  # raises if a flush were not valid UTF-8 by itself
         assert b"".join(chunks).decode("utf-8") == bytes(data).decode("utf-8", "replace")
         assert s.text == bytes(data).decode("utf-8", "replace")
+
+
+# ---- Ray ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_ray_actors_write_the_in_process_records(tmp_path, capsys):
+    ray = pytest.importorskip("ray", reason="the Ray runner needs ray: pip install \".[ray]\"")
+    import run
+    prompts = _prompts(tmp_path / "p.txt", 12)
+    args = [DEMO, "-z", DEMO_TOK, "-s", "11", "--samples", "2", "-n", "120", "--prompts", str(prompts)]
+    here = tmp_path / "here.jsonl"
+    rc, _, err = run_py(*args, "--out", here, "--threads", "2")
+    assert rc == 0, err
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        there = tmp_path / "ray.jsonl"
+        assert run.main([*args, "--out", str(there), "--ray", "auto", "--fastmath"]) == 0
+    finally:
+        ray.shutdown()
+    assert "2 actors of 1 CPU" in capsys.readouterr().err
+    assert there.read_bytes() == here.read_bytes()
