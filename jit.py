@@ -98,6 +98,27 @@ AVX2 = "avx2" in FEATURES
 TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
 
 
+def _int8_path():
+    """How int8 group dots are computed: vnni (vpdpbusd), avx2 (vpmaddubsw + vpmaddwd) or portable (a plain loop).
+
+    LLAMA2_INT8_DOT forces one (tests check each against the exact integer
+    reference); asking for one the target lacks is an error.
+    """
+    have = ["portable"]
+    if "avx2" in FEATURES:
+        have.append("avx2")
+    if ("avx512vnni" in FEATURES and "avx512vl" in FEATURES) or "avxvnni" in FEATURES:
+        have.append("vnni")
+    want = os.environ.get("LLAMA2_INT8_DOT", "").strip().lower()
+    if want and want not in have:
+        raise ValueError(f"LLAMA2_INT8_DOT={want}: this target ({CPU}) has {', '.join(have)}")
+    return want or have[-1]
+
+
+INT8_DOT = _int8_path()
+INT8_CHUNK = 32  # bytes per step of the vnni and avx2 paths: groups of a multiple of 32 use them
+
+
 def tier_name():
     """The instruction-set tier the kernels are compiled for: avx512, avx2 or baseline."""
     return "avx512" if AVX512 else "avx2" if AVX2 else "baseline"
@@ -142,7 +163,8 @@ def cache_dir(fastmath, parallel):
     would share one cache between the modes.
     """
     feats = hashlib.sha1(",".join(sorted(FEATURES)).encode()).hexdigest()[:8]
-    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}", _sources_digest())
+    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}-{INT8_DOT}",
+                       _sources_digest())
     requested = os.environ.get("LLAMA2_CACHE_DIR")
     if not requested:
         home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -388,6 +410,133 @@ tile_muladd.__doc__ = "The tile with vector k replaced by vmuladd(vector k, a, b
 
 
 # ----------------------------------------------------------------------------
+# i32x8: eight int32 lanes, the accumulator of the int8 group dots
+
+class I32x8(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x8")
+
+
+i32x8 = I32x8()
+_I8x32 = ir.VectorType(ir.IntType(8), INT8_CHUNK)
+_I16x16 = ir.VectorType(ir.IntType(16), 16)
+_I32x8 = ir.VectorType(_I32, 8)
+
+
+@register_model(I32x8)
+class _I32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _I32x8)
+
+
+def _intrinsic_call(builder, name, ret, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+@intrinsic
+def izero(typingctx):
+    """Eight int32 zeros."""
+    return i32x8(), lambda context, builder, sig, args: ir.Constant(_I32x8, [0] * 8)
+
+
+@intrinsic
+def idot32(typingctx, acc, x, w, j):
+    """acc plus the products x[j + k] * w[j + k], k < 32, of two int8 arrays, summed exactly into 8 int32 lanes.
+
+    Both hold values in [-127, 127] (runq.c's quantization never gives -128),
+    so |x| fits an unsigned byte and |x| * (w with x's sign) = x * w:
+      vnni: vpdpbusd(acc, |x|, x < 0 ? -w : w), four products per lane
+      avx2: vpmaddubsw(|x|, sign(w, x)) -> pairs in int16 (at most 2 * 127 * 127,
+            so no saturation), vpmaddwd(., 1) -> int32, added to acc.
+    """
+    def codegen(context, builder, sig, args):
+        acc = args[0]
+        xv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[3]),
+                                          _I8x32.as_pointer()), align=1)
+        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], args[3]),
+                                          _I8x32.as_pointer()), align=1)
+        xa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [xv, ir.Constant(ir.IntType(1), 0)])
+        if INT8_DOT == "vnni":
+            negative = builder.icmp_signed("<", xv, ir.Constant(_I8x32, [0] * INT8_CHUNK))
+            ws = builder.select(negative, builder.sub(ir.Constant(_I8x32, [0] * INT8_CHUNK), wv), wv)
+            return _intrinsic_call(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8,
+                                   [acc, builder.bitcast(xa, _I32x8), builder.bitcast(ws, _I32x8)])
+        ws = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [wv, xv])
+        pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [xa, ws])
+        quads = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, [pairs, ir.Constant(_I16x16, [1] * 16)])
+        return builder.add(acc, quads)
+    if INT8_DOT == "portable" or not all(isinstance(a, types.Array) and a.dtype == types.int8 and a.ndim == 1
+                                         and a.layout == "C" for a in (x, w)):
+        return None
+    return i32x8(i32x8, x, w, types.intp), codegen
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), lanes))
+
+
+@intrinsic
+def ihsum8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Lane k = the sum of the eight lanes of a_k: eight groups' sums at once (exact in any order).
+
+    Pairwise horizontal adds within each 128-bit half, twice, then the two
+    halves added: 9 vector operations for 8 sums instead of 7 per sum.
+    """
+    def codegen(context, builder, sig, args):
+        def hadd(a, b):  # vphaddd: per 128-bit half, adjacent pairs of a, then of b
+            return builder.add(_shuffle(builder, a, b, [0, 2, 8, 10, 4, 6, 12, 14]),
+                               _shuffle(builder, a, b, [1, 3, 9, 11, 5, 7, 13, 15]))
+        h0123 = hadd(hadd(args[0], args[1]), hadd(args[2], args[3]))
+        h4567 = hadd(hadd(args[4], args[5]), hadd(args[6], args[7]))
+        low = _shuffle(builder, h0123, h4567, [0, 1, 2, 3, 8, 9, 10, 11])
+        high = _shuffle(builder, h0123, h4567, [4, 5, 6, 7, 12, 13, 14, 15])
+        return builder.add(low, high)
+    return i32x8(*([i32x8] * 8)), codegen
+
+
+@intrinsic
+def ilane(typingctx, v, k):
+    """Lane k of an i32x8."""
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+    return types.int32(i32x8, types.intp), codegen
+
+
+@intrinsic
+def q8_accumulate(typingctx, val, s, ws, xs, g):
+    """val + p[0] + p[1] + ... + p[7] in that order, p[k] = (float(s[k]) * ws[g + k]) * xs[g + k].
+
+    The products as one vector multiply each (the same roundings as one at a
+    time), the sum in group order as runq.c adds it.
+    """
+    def codegen(context, builder, sig, args):
+        f8 = ir.VectorType(ir.FloatType(), 8)
+        scales = [builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[i], args[i], args[4]),
+                                               f8.as_pointer()), align=4) for i in (2, 3)]
+        p = builder.fmul(builder.fmul(builder.sitofp(args[1], f8), scales[0]), scales[1])
+        acc = args[0]
+        for k in range(8):
+            acc = builder.fadd(acc, builder.extract_element(p, ir.Constant(_I32, k)))
+        return acc
+    return types.float32(types.float32, i32x8, ws, xs, types.intp), codegen
+
+
+@intrinsic
+def ihsum(typingctx, v):
+    """The eight int32 lanes added (exact in any order)."""
+    def codegen(context, builder, sig, args):
+        x, width = args[0], 8
+        while width > 1:
+            half = width // 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+            x, width = builder.add(lo, hi), half
+        return builder.extract_element(x, ir.Constant(_I32, 0))
+    return types.int32(i32x8), codegen
+
+
+# ----------------------------------------------------------------------------
 # a clock readable from jitted code, for the per-kernel profile
 
 @intrinsic
@@ -409,5 +558,5 @@ def clock_ns(typingctx):
 
 def describe():
     """One line for the `compile:` report: mode, threads, target and cache."""
-    return (f"fastmath {FASTMATH}, {THREADS} thread{'s' if THREADS > 1 else ''}, {CPU} ({tier_name()}), "
-            f"cache {CACHE_DIR or 'off'}")
+    return (f"fastmath {FASTMATH}, {THREADS} thread{'s' if THREADS > 1 else ''}, {CPU} ({tier_name()}, "
+            f"int8 {INT8_DOT}), cache {CACHE_DIR or 'off'}")

@@ -22,8 +22,10 @@ import numpy as np
 
 import checkpoint
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, LANES, STRICT, TILE, clock_ns, fma, inline, kernel, pkernel, tile_fma, tile_get, tile_muladd,
-                 tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
+from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8,
+                 inline, izero, q8_accumulate,
+                 kernel, pkernel, tile_fma, tile_get, tile_muladd, tile_zero, vadd, vfma, vlane, vload, vsplat, vsum,
+                 vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -542,19 +544,46 @@ def _round_half_away(v):
 
 
 @inline
+def _group_lanes(xq, wq, start, gs):
+    """The products of the group starting at start, summed into 8 int32 lanes (gs a multiple of INT8_CHUNK)."""
+    acc = izero()
+    for j in range(start, start + gs, INT8_CHUNK):
+        acc = idot32(acc, xq, wq, j)
+    return acc
+
+
+@inline
+def _group_dot(xg, wg):
+    """sum_k xg[k] * wg[k] of one group of int8 values, exact in int32."""
+    gs = xg.shape[0]
+    if INT8_DOT != "portable" and gs % INT8_CHUNK == 0:
+        return ihsum(_group_lanes(xg, wg, 0, gs))
+    ival = np.int32(0)
+    for k in range(gs):
+        # numba widens int products to int64; truncating each step keeps the
+        # vector lanes 32-bit (LLVM then narrows the multiply further)
+        ival = np.int32(ival + np.int32(xg[k]) * np.int32(wg[k]))
+    return ival
+
+
+@inline
 def _dot_q8(xq, xs, wq, ws, gs):
     """sum over groups g of (float(sum_k xq * wq) * ws[g]) * xs[g], the float sum in group order."""
     val = np.float32(0.0)
-    for g in range(wq.shape[0] // gs):
+    ng = wq.shape[0] // gs
+    g = 0
+    if INT8_DOT != "portable" and gs % INT8_CHUNK == 0:
+        while g + 8 <= ng:  # eight groups' integer sums reduced together, then added in group order
+            s = ihsum8(_group_lanes(xq, wq, g * gs, gs), _group_lanes(xq, wq, (g + 1) * gs, gs),
+                       _group_lanes(xq, wq, (g + 2) * gs, gs), _group_lanes(xq, wq, (g + 3) * gs, gs),
+                       _group_lanes(xq, wq, (g + 4) * gs, gs), _group_lanes(xq, wq, (g + 5) * gs, gs),
+                       _group_lanes(xq, wq, (g + 6) * gs, gs), _group_lanes(xq, wq, (g + 7) * gs, gs))
+            val = q8_accumulate(val, s, ws, xs, g)
+            g += 8
+    for g in range(g, ng):
         # zero-based slices let numba drop its negative-index checks, so the
         # integer dot vectorizes (4x measured)
-        xg = xq[g * gs:(g + 1) * gs]
-        wg = wq[g * gs:(g + 1) * gs]
-        ival = np.int32(0)
-        for k in range(gs):
-            # numba widens int products to int64; truncating each step keeps the
-            # vector lanes 32-bit (LLVM then narrows the multiply further)
-            ival = np.int32(ival + np.int32(xg[k]) * np.int32(wg[k]))
+        ival = _group_dot(xq[g * gs:(g + 1) * gs], wq[g * gs:(g + 1) * gs])
         val += (np.float32(ival) * ws[g]) * xs[g]
     return val
 

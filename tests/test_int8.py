@@ -120,3 +120,56 @@ def test_truncated_int8_checkpoint_is_refused(tmp_path):
     path.write_bytes(data[:-10])
     with pytest.raises(model.CheckpointError, match="truncated"):
         model.Transformer(str(path))
+
+
+_DOT_CHECK = """
+import sys
+import numpy as np
+sys.path[:0] = sys.argv[1:3]
+import jit, model
+from reference import matmul_q8, quantize_q8
+from checkpoints import quantize_groups
+assert jit.INT8_DOT == sys.argv[3], jit.INT8_DOT
+rng = np.random.default_rng(5)
+for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128)]:
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[0, :gs] = 1.0  # a whole group at +127
+    w[1, :gs] = -1.0  # and at -127
+    wq, ws = quantize_groups(w, gs)
+    wq, ws = wq.reshape(rows, cols), ws.reshape(rows, cols // gs)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    x[0, :gs] = -5.0  # -127 against +-127 weights: the largest products
+    xq = np.zeros((3, cols), np.int8)
+    xs = np.zeros((3, cols // gs), np.float32)
+    model.quantize(xq, xs, x, gs)
+    out = np.zeros((3, rows), np.float32)
+    none = (wq[:0], ws[:0])
+    model.matmuls_q8(xq, xs, out, (wq, ws), out, none, out, none)
+    for b in range(3):
+        want = matmul_q8(xq[b], xs[b], wq, ws, gs)
+        assert np.array_equal(out[b].view(np.int32), want.view(np.int32)), (gs, b)
+print(jit.INT8_DOT, "exact")
+"""
+
+
+@pytest.mark.parametrize("path", ["vnni", "avx2", "portable"])
+def test_each_int8_dot_path_is_exact(tmp_path, path):
+    """Each way of computing the integer group dots, forced in turn, against the exact NumPy reference."""
+    import jit
+    env = dict(os.environ, LLAMA2_INT8_DOT=path, LLAMA2_CACHE_DIR=str(tmp_path))
+    if path == "vnni" and not (("avx512vnni" in jit.FEATURES and "avx512vl" in jit.FEATURES)
+                               or "avxvnni" in jit.FEATURES):
+        pytest.skip("this CPU has no VNNI")
+    if path == "avx2" and "avx2" not in jit.FEATURES:
+        pytest.skip("this CPU has no AVX2")
+    from conftest import TESTS
+    r = subprocess.run([sys.executable, "-c", _DOT_CHECK, ROOT, TESTS, path], env=env, capture_output=True,
+                       text=True, timeout=600)
+    print(r.stdout)
+    assert r.returncode == 0, r.stderr
+
+
+def test_asking_for_an_int8_path_the_cpu_lacks_is_an_error(tmp_path):
+    env = dict(os.environ, LLAMA2_INT8_DOT="vnni", NUMBA_CPU_NAME="generic", LLAMA2_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", "import jit"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "LLAMA2_INT8_DOT=vnni" in r.stderr
