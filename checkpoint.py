@@ -170,6 +170,18 @@ def expected_size(h):
     return h.header_bytes + norms + sum(r * c + r * c // gs * 4 for _, _, r, c in q8_layout(p, h.shared))
 
 
+def check(path):
+    """The Header of a checkpoint whose size is the one its header describes (nothing is mapped)."""
+    h = read_header(path)
+    expected = expected_size(h)
+    if h.file_size != expected:
+        what = "truncated" if h.file_size < expected else "longer than its header describes"
+        desc = f"format version {h.version}" + (f", group size {h.group_size}" if h.version == 2 else "")
+        raise CheckpointError(f"checkpoint {path} is {h.file_size} bytes but its header ({desc}, {h.config}) "
+                              f"needs {expected}: the file is {what}")
+    return h
+
+
 # ----------------------------------------------------------------------------
 # reading: zero-copy views of one flat array
 
@@ -184,13 +196,7 @@ def read(path, mmap=True):
     mmap=True maps the file read-only (files larger than RAM open, processes
     share the pages); mmap=False reads it into memory, also read-only.
     """
-    h = read_header(path)
-    expected = expected_size(h)
-    if h.file_size != expected:
-        what = "truncated" if h.file_size < expected else "longer than its header describes"
-        desc = f"format version {h.version}" + (f", group size {h.group_size}" if h.version == 2 else "")
-        raise CheckpointError(f"checkpoint {path} is {h.file_size} bytes but its header ({desc}, {h.config}) "
-                              f"needs {expected}: the file is {what}")
+    h = check(path)
     raw = _file_bytes(path, mmap)
     off = h.header_bytes
 

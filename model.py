@@ -21,6 +21,7 @@ from collections import namedtuple
 import numpy as np
 
 import checkpoint
+import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
 from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8,
                  inline, izero, q8_accumulate,
@@ -383,17 +384,27 @@ def _transpose(xt, x):
 
 
 @pkernel
-def matmuls(x, xt, o1, w1, o2, w2, o3, w3):
+def matmuls(x, xt, o1, w1, o2, w2, o3, w3, serial):
     """o1 = x @ w1.T, o2 = x @ w2.T, o3 = x @ w3.T: W (d, n) applied to every row of x (rows, n) -> o (rows, d).
 
     One parallel loop over blocks of rows of all three (one fork/join, not
-    three); a weight with no rows adds no work. All of the model's fp32
-    matmuls go through this one kernel, so its code is compiled once.
+    three), or a serial one when `serial`; a weight with no rows adds no
+    work. All of the model's fp32 matmuls go through this one kernel, so its
+    code is compiled once.
     """
     _transpose(xt, x)
     n1 = (w1.shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2.shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3.shape[0] + BLOCK - 1) // BLOCK
+    if serial:  # one thread: a plain loop streams the weights a few % faster than prange on one thread
+        for b in range(n1 + n2 + n3):
+            out, w, c = o1, w1, b
+            if b >= n1 + n2:
+                out, w, c = o3, w3, b - n1 - n2
+            elif b >= n1:
+                out, w, c = o2, w2, b - n1
+            _block(out, x, w, xt, c * BLOCK, min(c * BLOCK + BLOCK, w.shape[0]))
+        return
     for b in prange(n1 + n2 + n3):
         # one call site: the block's code is inlined once, not once per matrix
         out, w, c = o1, w1, b
@@ -598,11 +609,20 @@ def _block_q8(xout, xq, xs, wq, ws, i0, i1):
 
 
 @pkernel
-def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3):
+def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
     """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs."""
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
+    if serial:
+        for b in range(n1 + n2 + n3):
+            out, w, c = o1, w1, b
+            if b >= n1 + n2:
+                out, w, c = o3, w3, b - n1 - n2
+            elif b >= n1:
+                out, w, c = o2, w2, b - n1
+            _block_q8(out, xq, xs, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+        return
     for b in prange(n1 + n2 + n3):
         out, w, c = o1, w1, b
         if b >= n1 + n2:
@@ -618,32 +638,32 @@ def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3):
 # scales) pair per matrix) quantize the input rows first, as runq.c does
 # before each of its matmuls, and go to matmuls_q8().
 
-def project(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
-    """o1 = x @ w1.T (and o2, o3 likewise when given)."""
+def project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+    """o1 = x @ w1.T (and o2, o3 likewise when given), on one thread when serial."""
 
 
 @overload(project)
-def _project(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+def _project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
     if isinstance(w1, types.Array):
-        def fp32(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+        def fp32(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
             if o2 is None:
-                matmuls(x, s.xt, o1, w1, o1, w1[:0], o1, w1[:0])
+                matmuls(x, s.xt, o1, w1, o1, w1[:0], o1, w1[:0], serial)
             elif o3 is None:
-                matmuls(x, s.xt, o1, w1, o2, w2, o1, w1[:0])
+                matmuls(x, s.xt, o1, w1, o2, w2, o1, w1[:0], serial)
             else:
-                matmuls(x, s.xt, o1, w1, o2, w2, o3, w3)
+                matmuls(x, s.xt, o1, w1, o2, w2, o3, w3, serial)
         return fp32
 
-    def q8(s, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
+    def q8(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
         xq, xs = s.xq[:x.shape[0]], s.xs[:x.shape[0]]  # full-width rows, so each stays contiguous
         quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1])
         none = (w1[0][:0], w1[1][:0])
         if o2 is None:
-            matmuls_q8(xq, xs, o1, w1, o1, none, o1, none)
+            matmuls_q8(xq, xs, o1, w1, o1, none, o1, none, serial)
         elif o3 is None:
-            matmuls_q8(xq, xs, o1, w1, o2, w2, o1, none)
+            matmuls_q8(xq, xs, o1, w1, o2, w2, o1, none, serial)
         else:
-            matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3)
+            matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial)
     return q8
 
 
@@ -671,12 +691,13 @@ def tick(prof, row, t0):
 # the forward pass
 
 @kernel
-def forward(p, w, s, token, pos, seq, want, prof):
+def forward(p, w, s, token, pos, seq, want, prof, serial):
     """Run a batch of rows through the model: row b is token[b] of sequence seq[b] at position pos[b].
 
     The rows' keys and values go into their sequences' caches; attention of
     row b covers positions 0..pos[b], rows earlier in the batch included.
     The logits of the rows with want[b] != 0 land in s.logits, in row order.
+    serial: the matmuls run plain loops (the thread count is 1 for now).
     """
     n = token.shape[0]
     x, xb, xb2 = s.x[:n], s.xb[:n], s.xb2[:n]
@@ -692,7 +713,7 @@ def forward(p, w, s, token, pos, seq, want, prof):
         t = tick(prof, RMSNORM, t)
 
         # q, k, v of every row
-        project(s, xb, q, w.wq[l], k, w.wk[l], v, w.wv[l])
+        project(s, serial, xb, q, w.wq[l], k, w.wk[l], v, w.wv[l])
         t = tick(prof, QKV, t)
 
         # RoPE relative positional encoding, then k and v into the cache
@@ -705,7 +726,7 @@ def forward(p, w, s, token, pos, seq, want, prof):
         t = tick(prof, ATTENTION, t)
 
         # output projection and residual
-        project(s, xb, xb2, w.wo[l])
+        project(s, serial, xb, xb2, w.wo[l])
         t = tick(prof, OUTPUT, t)
         accum(x, xb2)
         t = tick(prof, RESIDUAL, t)
@@ -713,10 +734,10 @@ def forward(p, w, s, token, pos, seq, want, prof):
         # ffn: w2(silu(w1(x)) * w3(x)) and residual
         rmsnorm(xb, x, w.rms_ffn_weight[l])
         t = tick(prof, RMSNORM, t)
-        project(s, xb, hb, w.w1[l], hb2, w.w3[l])
+        project(s, serial, xb, hb, w.w1[l], hb2, w.w3[l])
         swiglu(hb, hb2)
         t = tick(prof, FFN_UP, t)
-        project(s, hb, xb, w.w2[l])
+        project(s, serial, hb, xb, w.w2[l])
         t = tick(prof, FFN_DOWN, t)
         accum(x, xb)
         t = tick(prof, RESIDUAL, t)
@@ -730,7 +751,7 @@ def forward(p, w, s, token, pos, seq, want, prof):
     if m > 0:
         rmsnorm(xb[:m], xb[:m], w.rms_final_weight)
         t = tick(prof, RMSNORM, t)
-        project(s, xb[:m], s.logits[:m], w.wcls)
+        project(s, serial, xb[:m], s.logits[:m], w.wcls)
         tick(prof, CLASSIFIER, t)
 
 
@@ -798,6 +819,49 @@ class Profile:
 _NO_PROFILE = np.zeros((0, 2), np.int64)
 
 
+class ThreadChooser:
+    """Each forward pass's thread count: all cores, minus the cores other processes keep busy.
+
+    On an idle machine all cores win; when another process keeps a core
+    busy, a parallel step waits for the thread that lost its core (3x slower
+    than one thread on 2 cores, measured, with stalls of 100 ms and more).
+    Every output is computed in the same order whatever the thread count,
+    so switching never changes the text. At most every 0.1 s the CPU time
+    the whole machine used (/proc/stat) minus this process's own gives the
+    cores others use; over 0.6 of a core takes a thread off, under 0.3 gives
+    it back. Where /proc/stat cannot be read, all cores are used.
+    """
+
+    def __init__(self, most):
+        self.most = most
+        self.current = most
+        self.used = {}  # thread count -> passes run with it
+        self.mark = self._sample()
+
+    @staticmethod
+    def _sample():
+        """(wall seconds, CPU seconds every process used, CPU seconds this process used)."""
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait (user, nice, system, irq, steal...)
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+    def pick(self):
+        if self.mark is not None and time.monotonic() - self.mark[0] >= 0.1:
+            now = self._sample()
+            others = ((now[1] - self.mark[1]) - (now[2] - self.mark[2])) / (now[0] - self.mark[0])
+            self.mark = now
+            if others > 0.6:
+                self.current = max(1, min(self.current, self.most - int(others + 0.4)))
+            elif others < 0.3:
+                self.current = self.most
+        self.used[self.current] = self.used.get(self.current, 0) + 1
+        return self.current
+
+
 class Transformer:
     """A checkpoint ready to run: config, weights, run state, and forward passes over batches of rows.
 
@@ -824,18 +888,28 @@ class Transformer:
                                   f"run state (KV cache for seq_len {p.seq_len})") from None
         self.bytes_per_token = weight_bytes_per_token(p, self.weights)
         self.profile = None  # a Profile to record forward passes into
+        self.threads = None  # a ThreadChooser, when the thread count may follow the machine's load
+        self._threads_set = None
         self._one = [np.zeros(1, np.int32) for _ in range(4)]
 
     def run(self, token, pos, seq, want):
         """One forward pass over len(token) <= rows rows (int32 arrays); logits of the wanted rows, in order."""
         m = int(np.count_nonzero(want))
+        serial = not jit.PARALLEL
+        if self.threads is not None:
+            n = self.threads.pick()
+            if n != self._threads_set:
+                import numba
+                numba.set_num_threads(n)
+                self._threads_set = n
+            serial = n == 1
         if self.profile is None:
-            forward(self.config, self.weights, self.state, token, pos, seq, want, _NO_PROFILE)
+            forward(self.config, self.weights, self.state, token, pos, seq, want, _NO_PROFILE, serial)
             return self.state.logits[:m]
         prof = self.profile
         inside = int(prof.ns[:, 0].sum())
         t0 = time.perf_counter()
-        forward(self.config, self.weights, self.state, token, pos, seq, want, prof.ns)
+        forward(self.config, self.weights, self.state, token, pos, seq, want, prof.ns, serial)
         wall = time.perf_counter() - t0
         prof.add("call from Python", wall - (int(prof.ns[:, 0].sum()) - inside) / 1e9)
         prof.account(len(token), pos, m)

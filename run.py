@@ -534,6 +534,11 @@ def report_speed(transformer, n_prompt, prompt_seconds, generated, gen_seconds, 
         print("achieved tok/s: %f" % tok_s, file=sys.stderr)
         print("weights read: %.1f MB/token, %.2f GB/s" % (transformer.bytes_per_token / 1e6,
                                                            transformer.bytes_per_token * tok_s / 1e9), file=sys.stderr)
+    chooser = transformer.threads
+    if chooser is not None and chooser.used.get(chooser.most, 0) < sum(chooser.used.values()):
+        counts = ", ".join(f"{n} for {k}" for n, k in sorted(chooser.used.items()))
+        print(f"threads: {counts} forward passes (other processes kept cores busy; --threads N fixes the count)",
+              file=sys.stderr)
     if ctx.shifts:
         print(f"context shifts: {len(ctx.shifts)}, {1e3 * float(np.median(ctx.shifts)):.1f} ms each (median), "
               f"keeping {min(ctx.keep, ctx.seq_len // 2)} tokens", file=sys.stderr)
@@ -1191,7 +1196,7 @@ def main(argv):
             print(f"run.py: {o['out']} already holds all {plan[2]} records of this job", file=sys.stderr)
             return 0
     try:
-        p = checkpoint.read_header(o["checkpoint"]).config
+        p = checkpoint.check(o["checkpoint"]).config
         stop_label = "steps"
         if steps == 0 or (steps > p.seq_len and not o["context_shift"]):
             steps = p.seq_len
@@ -1226,6 +1231,8 @@ def main(argv):
                       f"perplexity {np.exp(nll):.4f}\n".encode())
             return 0
 
+        if not o["threads"] and jit.THREADS > 1:
+            runner.threads = model.ThreadChooser(jit.THREADS)  # all cores unless other processes hold some
         seconds = warm_up(runner, sampler)
         print(f"compile: {seconds:.2f} s ({jit.describe()})", file=sys.stderr)
         lockstep = Lockstep(runner, tok, **lockstep_args)

@@ -277,3 +277,55 @@ def test_every_cpu_tier_gives_the_strict_bits(probe_models, tmp_path, kind):
         from forward_probe import TOKENS
         for pos, tok in enumerate(TOKENS[:4]):
             assert _same_bits(want[pos], ref.forward(tok % 80, pos)), pos
+
+
+# ---- the thread count follows the machine's load -------------------------------------
+
+def test_the_chooser_gives_up_a_core_that_others_keep_busy(monkeypatch):
+    others = [0.0, 1.0, 2.5, 0.4, 0.1, 0.7]  # cores other processes used in each 0.2 s window
+    samples, wall, machine, own = [(0.0, 0.0, 0.0)], 0.0, 0.0, 0.0
+    for busy in others:
+        wall, own = wall + 0.2, own + 0.15  # this process: 0.75 of a core meanwhile
+        machine += 0.2 * busy + 0.15
+        samples.append((wall, machine, own))
+    monkeypatch.setattr(model.ThreadChooser, "_sample", staticmethod(lambda: samples.pop(0)))
+    c = model.ThreadChooser(4)
+    picks = []
+    for k in range(len(others)):
+        monkeypatch.setattr(model.time, "monotonic", lambda k=k: 0.2 * (k + 1))
+        picks.append(c.pick())
+    # over 0.6 of a core takes off as many threads as others use; back to all only under 0.3
+    assert picks == [4, 3, 2, 2, 4, 3]
+
+
+_SWITCHING = """
+import sys
+sys.path[:0] = sys.argv[1:2]
+import itertools
+import model, run
+from tokenizer import Tokenizer
+t = model.Transformer(sys.argv[2], rows=8)
+tok = Tokenizer(sys.argv[3], t.config.vocab_size)
+texts = []
+for flip in (False, True):
+    counts = itertools.cycle([1, 2])
+    t.threads = type("Flip", (), {"pick": lambda self: next(counts), "used": {}, "most": 2})() if flip else None
+    out = run.Output(open(sys.argv[4] + str(flip), "wb"))
+    run.generate(t, tok, run.Sampler(t.config.vocab_size, 1.0, 0.9, 7), b"the dog", 60, out)
+    out.out.close()
+"""
+
+
+@pytest.mark.slow
+def test_switching_threads_between_passes_does_not_change_the_text(tmp_path):
+    from checkpoints import write_tokenizer
+    from conftest import ROOT
+    w = random_weights(32, 64, 2, 4, 2, 400, 64, shared=False, seed=4, scale=0.1)
+    path = write_checkpoint(tmp_path / "m.bin", w)
+    tok = write_tokenizer(tmp_path / "tok.bin", 400)
+    env = dict(os.environ, LLAMA2_FASTMATH="on", LLAMA2_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", _SWITCHING, ROOT, str(path), str(tok), str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    fixed, flipping = (tmp_path / "outFalse").read_bytes(), (tmp_path / "outTrue").read_bytes()
+    assert len(set(fixed)) > 10 and fixed == flipping
