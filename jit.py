@@ -385,6 +385,33 @@ def tile_zero(typingctx):
 
 
 @intrinsic
+def tile_sums(typingctx, tile):
+    """Lane k = vsum(vector k of the tile), for every vector (at most 16) at once.
+
+    The same additions as vsum's tree, lane for lane, batched across the
+    vectors: level by level, the halves of two vectors are packed into one
+    and added with a single instruction. About 3 operations per sum instead
+    of vsum's 8, which matters when a dot is only a few vectors long.
+    """
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        vecs = [builder.extract_value(args[0], k) for k in range(_TILE_N)] + [zero] * (LANES - _TILE_N)
+        width = LANES  # each vector holds LANES // width partial sums of `width` lanes each
+        while width > 1:
+            half = width // 2
+            lo = [lane for g in range(0, LANES, width) for lane in range(g, g + half)]
+            hi = [lane for g in range(0, LANES, width) for lane in range(g + half, g + width)]
+            pairs = []
+            for a, b in zip(vecs[0::2], vecs[1::2]):
+                pick = lambda lanes: builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES),  # noqa
+                                                                         lanes + [LANES + x for x in lanes]))
+                pairs.append(builder.fadd(pick(lo), pick(hi)))
+            vecs, width = pairs, half
+        return vecs[0]
+    return f32x16(tile_type), codegen
+
+
+@intrinsic
 def tile_get(typingctx, tile, k):
     """Vector k of the tile."""
     def codegen(context, builder, sig, args):

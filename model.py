@@ -23,10 +23,9 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8,
-                 inline, izero, q8_accumulate,
-                 kernel, pkernel, tile_fma, tile_get, tile_muladd, tile_zero, vadd, vfma, vlane, vload, vsplat, vsum,
-                 vzero)
+from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8, inline,
+                 izero, kernel, pkernel, q8_accumulate, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero, vadd,
+                 vfma, vlane, vload, vsplat, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -315,11 +314,12 @@ def _tile_fast(xout, x, w, i, t):
             wv = vload(w[i + r], j)
             for c in range(C):
                 acc = tile_fma(acc, r * C + c, wv, vload(x[t + c], j))
+    sums = tile_sums(acc)
     for r in range(R):
         wr = w[i + r]
         for c in range(C):
             xc = x[t + c]
-            val = vsum(tile_get(acc, r * C + c))
+            val = vlane(sums, r * C + c)
             for j in range(body, n):
                 val = fma(wr[j], xc[j], val)
             xout[t + c, i + r] = val
