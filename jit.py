@@ -347,21 +347,17 @@ def fma(typingctx, a, b, c):
 
 
 # ----------------------------------------------------------------------------
-# a tile of accumulators: rows x tokens vectors, kept in registers
+# a tile of accumulators: several vectors kept in registers
 #
 # A tile is an LLVM array value. tile_fma updates one element picked by a
-# loop index; once LLVM has unrolled the tile loops (their bounds are the
-# constants in TILE) every index is constant and the array lives in vector
-# registers.
+# loop index; once LLVM has unrolled the loops over the tile (their bounds
+# are constants) every index is constant and the array lives in vector
+# registers. The matmul tile is TILE[0] rows x TILE[1] tokens.
 
 class Tile(types.Type):
     def __init__(self, n):
         self.n = n
         super().__init__(name=f"tile{n}xf32x16")
-
-
-_TILE_N = TILE[0] * TILE[1]
-tile_type = Tile(_TILE_N)
 
 
 @register_model(Tile)
@@ -376,12 +372,17 @@ def _tile_slot(builder, tile, k):
     return mem, builder.gep(mem, [ir.Constant(_I32, 0), k])
 
 
-@intrinsic
-def tile_zero(typingctx):
-    """A tile of zero vectors."""
-    array = ir.ArrayType(_VEC, _TILE_N)
-    zero = ir.Constant(_VEC, [0.0] * LANES)
-    return tile_type(), lambda context, builder, sig, args: ir.Constant(array, [zero] * _TILE_N)
+def _tile_zero(n):
+    tile = Tile(n)
+
+    def typer(typingctx):
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        return tile(), lambda context, builder, sig, args: ir.Constant(ir.ArrayType(_VEC, n), [zero] * n)
+    return intrinsic(typer)
+
+
+tile_zero = _tile_zero(TILE[0] * TILE[1])
+tile_zero.__doc__ = "A matmul tile (TILE[0] x TILE[1] vectors) of zeros."
 
 
 @intrinsic
@@ -393,9 +394,12 @@ def tile_sums(typingctx, tile):
     and added with a single instruction. About 3 operations per sum instead
     of vsum's 8, which matters when a dot is only a few vectors long.
     """
+    if not isinstance(tile, Tile) or tile.n > LANES:
+        return None
+
     def codegen(context, builder, sig, args):
         zero = ir.Constant(_VEC, [0.0] * LANES)
-        vecs = [builder.extract_value(args[0], k) for k in range(_TILE_N)] + [zero] * (LANES - _TILE_N)
+        vecs = [builder.extract_value(args[0], k) for k in range(tile.n)] + [zero] * (LANES - tile.n)
         width = LANES  # each vector holds LANES // width partial sums of `width` lanes each
         while width > 1:
             half = width // 2
@@ -408,25 +412,31 @@ def tile_sums(typingctx, tile):
                 pairs.append(builder.fadd(pick(lo), pick(hi)))
             vecs, width = pairs, half
         return vecs[0]
-    return f32x16(tile_type), codegen
+    return f32x16(tile), codegen
 
 
 @intrinsic
 def tile_get(typingctx, tile, k):
     """Vector k of the tile."""
+    if not isinstance(tile, Tile):
+        return None
+
     def codegen(context, builder, sig, args):
         _, ptr = _tile_slot(builder, args[0], args[1])
         return builder.load(ptr)
-    return f32x16(tile_type, types.intp), codegen
+    return f32x16(tile, types.intp), codegen
 
 
 def _tile_update(op):
     def typer(typingctx, tile, k, a, b):
+        if not isinstance(tile, Tile):
+            return None
+
         def codegen(context, builder, sig, args):
             mem, ptr = _tile_slot(builder, args[0], args[1])
             builder.store(op(builder, builder.load(ptr), args[2], args[3]), ptr)
             return builder.load(mem)
-        return tile_type(tile_type, types.intp, f32x16, f32x16), codegen
+        return tile(tile, types.intp, f32x16, f32x16), codegen
     return typer
 
 

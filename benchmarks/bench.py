@@ -2,7 +2,8 @@
 """Side-by-side speed of run.py's configurations (and llama2.c builds, if given).
 
     python benchmarks/bench.py MODEL.bin [-z tokenizer.bin] [--c path/to/run ...]
-                               [--runs 5] [--steps 256] [--flags-table] [--startup]
+                               [--cpu generic|haswell|host] [--runs 5] [--steps 256]
+                               [--prompt-tokens 256] [--samples-table] [--flags-table] [--startup]
                                [--json out.json] [--chart out.png]
 
 Every configuration is compiled once (not timed), then the configurations are
@@ -13,6 +14,14 @@ and the ratio to the strict single-thread baseline. Also reported: the
 machine's memory read bandwidth (a streaming probe), the bytes of weights one
 token reads, and the fraction of the bandwidth each configuration achieves.
 
+--cpu compiles the run.py configurations for an instruction-set tier
+(generic: baseline x86-64, as gcc without -march; haswell: AVX2 + FMA, as
+gcc -march=haswell; host: this CPU, as -march=native); give it the llama2.c
+builds of the same tier with --c. --prompt-tokens N adds a column with the
+speed of a prompt of N tokens (run.py feeds it in one pass; run.c one token
+per forward pass, so its prompt speed is its generation speed).
+--samples-table measures --samples N for N = 1 ... 32: aggregate tok/s, the
+weights' GB/s (each step reads them once for all N) and GFLOP/s.
 --flags-table reproduces llama2.c's compile-flag comparison with Numba's
 equivalents: fast-math off / the -funsafe-math-optimizations subset / all,
 each for the host CPU (-march=native) and for NUMBA_CPU_NAME=generic.
@@ -66,10 +75,11 @@ FLAG_CONFIGS = {
 FLAG_BASELINE = "-O3 (generic CPU)"
 
 TOKS = re.compile(rb"achieved tok/s: ([0-9.]+|inf)")
+PROMPT = re.compile(rb"prompt: \d+ tokens in [0-9.]+ ms, ([0-9.]+) tok/s")
 
 
-def run_once(cmd, env):
-    """(tok/s, wall seconds, peak RSS in MB) of one run.
+def run_once(cmd, env, pattern=TOKS):
+    """(tok/s, wall seconds, peak RSS in MB) of one run (tok/s: the stderr line `pattern` finds).
 
     The run is started by a small Python parent that reports its children's
     peak RSS: a child forked straight from this process would count this
@@ -84,16 +94,16 @@ def run_once(cmd, env):
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr.decode(errors='replace')}")
-    m = TOKS.search(p.stderr)
+    m = (pattern if cmd[0] == sys.executable else TOKS).search(p.stderr)  # llama2.c reports one speed
     if not m:
         raise RuntimeError(f"no 'achieved tok/s' from {' '.join(cmd)} (did it stop at BOS?):\n{p.stderr.decode()}")
     rss_kb = int(p.stderr.strip().splitlines()[-1])
     return float(m.group(1)), wall, rss_kb / 1024
 
 
-def command(cfg, args, steps):
+def command(cfg, args, steps, prompt=None):
     prog = [cfg[2:]] if cfg.startswith("C:") else [sys.executable, RUN_PY]
-    return prog + [args.model, "-z", args.tokenizer, "-n", str(steps), "-s", "1"]
+    return prog + [args.model, "-z", args.tokenizer, "-n", str(steps), "-s", "1"] + (["-i", prompt] if prompt else [])
 
 
 def threads_of(name, flags):
@@ -103,25 +113,71 @@ def threads_of(name, flags):
     return CORES if "omp" in os.path.basename(name) else 1
 
 
-def environment(extra):
+TIER = {}  # the environment of the --cpu tier, for run.py only
+
+
+def environment(extra, run_py=True):
     env = dict(os.environ)
+    if run_py:
+        env.update(TIER)
     env.update(extra)
     env.setdefault("OMP_NUM_THREADS", str(CORES))  # llama2.c's runomp: all cores
     return env
 
 
-def measure(configs, args, label):
+def measure(configs, args, label, prompt=None, steps=None, pattern=TOKS):
     """{name: [tok/s per run]} with the configurations interleaved round by round."""
     plan = {}
+    steps = steps or args.steps
     for name, (flags, extra) in configs.items():
-        plan[name] = (command(name, args, args.steps) + flags, environment(extra))
-        run_once(command(name, args, 4) + flags, plan[name][1])  # fill the JIT cache, untimed
+        env = environment(extra, not name.startswith("C:"))
+        plan[name] = (command(name, args, steps, prompt) + flags, env)
+        run_once(command(name, args, 4) + flags, env)  # fill the JIT cache, untimed
     results = {name: [] for name in plan}
     for r in range(args.runs):
         for name, (cmd, env) in plan.items():
-            results[name].append(run_once(cmd, env)[0])
+            results[name].append(run_once(cmd, env, pattern)[0])
         print(f"  {label}: round {r + 1}/{args.runs} done", file=sys.stderr)
     return results
+
+
+def layer_params(p):
+    """Weights of the layers (what a prompt token multiplies; the classifier runs for the last token only)."""
+    return p.n_layers * (2 * p.dim * p.dim + 2 * p.dim * p.kv_dim + 3 * p.dim * p.hidden_dim)
+
+
+def prompt_of(tokenizer_path, vocab_size, n):
+    """A text that encodes to n tokens with BOS (a story sentence repeated, cut to length)."""
+    sys.path.insert(0, ROOT)
+    from tokenizer import Tokenizer
+    tok = Tokenizer(tokenizer_path, vocab_size)
+    text = "Once upon a time there was a little girl named Lily who loved to play in the park with her dog. " * 64
+    words = text.split(" ")
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest prefix of words with at most n tokens
+        mid = (lo + hi + 1) // 2
+        if len(tok.encode(" ".join(words[:mid]))) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+def samples_table(args, nbytes, config, bw):
+    """--samples N, N = 1 .. 32 (fast math, all cores): aggregate tok/s, GB/s of weights, GFLOP/s."""
+    ns = [1, 2, 4, 8, 16, 32]
+    configs = {f"--samples {n}": (["--samples", str(n), "--threads", str(CORES)], {}) for n in ns}
+    results = measure(configs, args, "samples table")
+    flops = 2 * (layer_params(config) + config.vocab_size * config.dim)  # per generated token
+    base = results["--samples 1"]
+    lines = ["| samples | aggregate tok/s (median) | x one sample (paired) | GB/s of weights | GFLOP/s |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    for n in ns:
+        v = results[f"--samples {n}"]
+        med = statistics.median(v)
+        paired = statistics.median(a / b for a, b in zip(v, base))
+        lines.append(f"| {n} | {med:.1f} | {paired:.2f}x | {nbytes * med / n / 1e9:.1f} | {flops * med / 1e9:.1f} |")
+    return results, "\n".join(lines)
 
 
 def bandwidth_probe():
@@ -278,6 +334,11 @@ def main(argv):
                     help="a llama2.c build to run alongside (repeatable); run with OMP_NUM_THREADS=cores")
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
                     help="run only the run.py configurations whose name contains TEXT (repeatable)")
+    ap.add_argument("--cpu", choices=["generic", "haswell", "host"], default="host",
+                    help="instruction-set tier the run.py configurations are compiled for")
+    ap.add_argument("--prompt-tokens", type=int, default=0, metavar="N",
+                    help="also measure the speed of an N-token prompt")
+    ap.add_argument("--samples-table", action="store_true", help="also --samples N for N = 1 ... 32")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--flags-table", action="store_true", help="also llama2.c's compile-flag table")
@@ -296,12 +357,15 @@ def main(argv):
             print(f"bench.py: error: --c {c} is not an executable", file=sys.stderr)
             return 1
 
+    sys.path.insert(0, ROOT)
+    import jit
+    TIER.update(jit.TIERS[args.cpu])
     if not args.keep_page_cache:
         refill_page_cache(args.model)
     huge = page_cache_huge_fraction(args.model)
     nbytes, config = bytes_per_token(args.model)
     bw = bandwidth_probe()
-    report = dict(machine=dict(cpu=_cpu_name(), cores=CORES, python=platform.python_version()),
+    report = dict(machine=dict(cpu=_cpu_name(), cores=CORES, python=platform.python_version(), tier=args.cpu),
                   model=args.model, config=dict(config._asdict()), bytes_per_token=nbytes,
                   bandwidth_gbs={str(k): v for k, v in bw.items()}, steps=args.steps, runs=args.runs,
                   page_cache_2mb_fraction=huge)
@@ -315,7 +379,8 @@ def main(argv):
     results = {pretty[k]: v for k, v in results.items()}
     report["configurations"] = results
     report["page_cache_2mb_fraction_after"] = after = page_cache_huge_fraction(args.model)
-    md = [f"Machine: {report['machine']['cpu']}, {CORES} cores. Model: {os.path.basename(args.model)} "
+    md = [f"Machine: {report['machine']['cpu']}, {CORES} cores; run.py compiled for the {args.cpu} tier. "
+          f"Model: {os.path.basename(args.model)} "
           f"({', '.join(f'{k} {v}' for k, v in report['config'].items())}), {nbytes / 1e6:.1f} MB of weights "
           f"per token. Memory read bandwidth: " + ", ".join(f"{v:.1f} GB/s with {k} thread{'s' if k > 1 else ''}"
                                                            for k, v in bw.items()) + ". "
@@ -325,6 +390,22 @@ def main(argv):
                                                      f"median of {args.runs} alternating runs")]
     if args.c:
         md += ["", paired_table(results)]
+    if args.prompt_tokens:
+        text = prompt_of(args.tokenizer, config.vocab_size, args.prompt_tokens)
+        pp = measure(configs, args, "prompt", prompt=text, steps=args.prompt_tokens, pattern=PROMPT)
+        pp = {pretty[k]: v for k, v in pp.items()}
+        report["prompt"] = pp
+        flops = 2 * layer_params(config)  # per prompt token
+        md += ["", f"### A {args.prompt_tokens}-token prompt: tok/s of the prompt (pp) and of generation (tg)", "",
+               "| configuration | pp tok/s (median) | tg tok/s (median) | pp / tg | pp GFLOP/s |",
+               "| --- | ---: | ---: | ---: | ---: |"]
+        for name, v in pp.items():
+            med, tg = statistics.median(v), statistics.median(results[name])
+            md.append(f"| {name} | {med:.1f} | {tg:.1f} | {med / tg:.1f}x | "
+                      f"{'-' if name.startswith('llama2.c') else f'{flops * med / 1e9:.1f}'} |")
+    if args.samples_table:
+        report["samples"], text = samples_table(args, nbytes, config, bw)
+        md += ["", f"### --samples N, fast math, {CORES} threads: one forward pass per step for all N", "", text]
     if args.flags_table:
         flags = measure(FLAG_CONFIGS, args, "flags table")
         report["flags_table"] = flags
