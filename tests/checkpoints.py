@@ -9,7 +9,7 @@ MAGIC = 0x616B3432
 
 def random_weights(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
                    shared=True, seed=0, scale=0.3):
-    """A dict of float32 arrays with the shapes of SPEC section 1."""
+    """A dict of float32 arrays with the shapes of llama2.c's checkpoint tensors (stacked over layers)."""
     rng = np.random.default_rng(seed)
     head = dim // n_heads
     kv = head * n_kv_heads

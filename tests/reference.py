@@ -1,10 +1,10 @@
-"""Independent references for the forward pass, written from SPEC.md (not from model.py).
+"""Independent references for the forward pass, written from llama2.c's arithmetic (not from model.py).
 
 - `forward_numpy`: vectorized NumPy in float64, for tolerance checks over many
   positions (an implementation with different summation order and precision,
   so agreement means the same math, not the same code).
 - `forward_scalar`: pure-Python float32 scalar arithmetic with sequential sums and the
-  C library's expf/powf/cosf/sinf/sqrtf, in exactly SPEC's order of operations;
+  C library's expf/powf/cosf/sinf/sqrtf, in exactly run.c's order of operations;
   `--no-fastmath` kernels must equal it bit for bit.
 """
 
@@ -35,7 +35,7 @@ def _rope64(vec, pos, head_size):
 
 
 class NumpyModel:
-    """Forward pass of SPEC section 2 over a weights dict from checkpoints.random_weights."""
+    """run.c's forward pass over a weights dict from checkpoints.random_weights."""
 
     def __init__(self, w):
         self.w = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v) for k, v in w.items()}
@@ -133,7 +133,7 @@ def _softmax32(xs):
 
 
 class ScalarModel:
-    """SPEC section 2 with float32 scalars, one rounding per C operation."""
+    """run.c's forward pass with float32 scalars, one rounding per C operation."""
 
     def __init__(self, w):
         self.w = w
@@ -225,7 +225,7 @@ def matmul_q8(xq, xs, wq, ws, gs):
 
 
 class Q8NumpyModel(NumpyModel):
-    """SPEC's int8 variant: NumpyModel with every matmul on quantized weights and activations."""
+    """runq.c's int8 variant: NumpyModel with every matmul on quantized weights and activations."""
 
     def __init__(self, w, gs, quantize_weights):
         super().__init__(w)

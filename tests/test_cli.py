@@ -108,6 +108,15 @@ def test_second_start_loads_every_kernel_from_the_disk_cache(files, tmp_path):
     assert len(dirs) == 1 and dirs[0].startswith("off-serial-")  # one cache per mode
 
 
+def test_no_mmap_uses_the_kernels_compiled_for_a_mapping(files, tmp_path):
+    """The in-memory checkpoint is read-only like the mapping: the same array types, the same cached code."""
+    env = {"LLAMA2_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    rc, out1, _ = strict(files, "-n", "8", env=env)
+    assert rc == 0 and b"data saved" in out1
+    rc, out2, _ = strict(files, "-n", "8", "--no-mmap", env=env)
+    assert rc == 0 and b"data loaded" in out2 and b"data saved" not in out2
+
+
 def test_every_mode_and_target_has_its_own_cache_directory(monkeypatch, tmp_path):
     import jit
     monkeypatch.setenv("LLAMA2_CACHE_DIR", str(tmp_path))

@@ -15,7 +15,7 @@ def topp(probs, p, coin):
 
 
 def xorshift_star_reference(seed, n):
-    """The generator of SPEC section 4 written with numpy uint64 (wrapping) arithmetic."""
+    """run.c's xorshift* generator written with numpy uint64 (wrapping) arithmetic."""
     s = np.array([seed], dtype=np.uint64)
     out = []
     with np.errstate(over="ignore"):

@@ -1,4 +1,4 @@
-"""The tokenizer (SPEC section 3): export, encode, decode, printing, bad files.
+"""The tokenizer (llama2.c's tokenizer.bin and run.c's encode/decode): export, encode, decode, printing, bad files.
 
 Expected values come from outside tokenizer.py: sentencepiece itself (a small
 Llama-2-style BPE model trained here), ids worked out by hand from the byte
@@ -26,7 +26,7 @@ TOKENIZER_PY = os.path.join(ROOT, "tokenizer.py")
 
 
 def read_bin(path):
-    """(max_token_length, pieces, scores) of a tokenizer.bin, read straight from SPEC section 3.
+    """(max_token_length, pieces, scores) of a tokenizer.bin, read straight from its layout.
 
     Reads every record to the end of the file, so it also tells how many pieces
     the file holds; it shares no code with tokenizer.py.
@@ -54,7 +54,7 @@ def decode_all(tok, ids):
 
 
 def byte_ids(text):
-    """The byte-fallback ids of text: byte b is id b + 3 (SPEC section 3)."""
+    """The byte-fallback ids of text: byte b is id b + 3 (Llama 2's vocabulary)."""
     return [b + 3 for b in text.encode("utf-8")]
 
 
@@ -431,7 +431,7 @@ def test_llama_vocab_read_as_stored(llama):
 
 
 def _spec_encode(pieces, scores, text):
-    """SPEC section 3 step by step, with run.c's full rescan per merge (slow, for short texts)."""
+    """run.c's encode step by step, with its full rescan per merge (slow, for short texts)."""
     lookup = {}
     for i, p in enumerate(pieces):
         lookup.setdefault(p, i)
