@@ -23,6 +23,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _interrupted)
 
 import json  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 from collections import namedtuple  # noqa: E402
@@ -1227,8 +1228,9 @@ def main(argv):
             n, nll = evaluate(runner, tok, text, shift=o["context_shift"], keep=o["keep"] or 1)
             if n == 0:
                 return error(f"--eval file {o['eval']} has no text to predict")
+            ppl = math.exp(nll) if nll < 700 else math.inf  # beyond float range, say inf without a warning
             out.write(f"{o['eval']}: {n} tokens, average negative log-likelihood {nll:.6f} nats/token, "
-                      f"perplexity {np.exp(nll):.4f}\n".encode())
+                      f"perplexity {ppl:.4f}\n".encode())
             return 0
 
         if not o["threads"] and jit.THREADS > 1:
