@@ -96,6 +96,9 @@ AVX2 = "avx2" in FEATURES
 # as many as the vector registers hold next to the operands (32 zmm: 12;
 # 16 ymm: 6, each 2 registers; 16 xmm: 2, each 4 registers)
 TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
+# a batch of a few tokens (several samples decoded together) is memory-bound: one weight row at a time,
+# applied to ROW_TILE tokens (three rows read side by side stream at half speed from DRAM on Zen 3 and 4)
+ROW_TILE = 8 if AVX512 else 4 if AVX2 else 2
 
 
 def _int8_path():
@@ -383,6 +386,8 @@ def _tile_zero(n):
 
 tile_zero = _tile_zero(TILE[0] * TILE[1])
 tile_zero.__doc__ = "A matmul tile (TILE[0] x TILE[1] vectors) of zeros."
+row_tile_zero = _tile_zero(ROW_TILE)
+row_tile_zero.__doc__ = "A tile of ROW_TILE zero vectors: one weight row against ROW_TILE tokens."
 
 
 @intrinsic

@@ -23,9 +23,9 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8, inline,
-                 izero, kernel, pkernel, q8_accumulate, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero, vadd,
-                 vfma, vlane, vload, vsplat, vsum, vzero)
+from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8,
+                 inline, izero, kernel, pkernel, q8_accumulate, row_tile_zero, tile_fma, tile_get, tile_muladd,
+                 tile_sums, tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -277,6 +277,7 @@ def softmax(x):
 
 BLOCK = 24  # rows per parallel work item: a multiple of 8 and of TILE[0]
 STRICT_LANES_FROM = 4  # strict mode vectorizes across tokens from this many rows on
+PROMPT_TILES_FROM = 24  # fast modes use the TILE[0]-row tiles from this many tokens on
 
 
 @inline
@@ -327,6 +328,26 @@ def _tile_fast(xout, x, w, i, t):
 
 
 @inline
+def _row_tile(xout, x, w, i, t):
+    """xout[t:t+ROW_TILE, i] with each output summed as dot(w[i], x[t + c]): one weight row, read once."""
+    n = w.shape[1]
+    body = n - n % LANES
+    wi = w[i]
+    acc = row_tile_zero()
+    for j in range(0, body, LANES):
+        wv = vload(wi, j)
+        for c in range(ROW_TILE):
+            acc = tile_fma(acc, c, wv, vload(x[t + c], j))
+    sums = tile_sums(acc)
+    for c in range(ROW_TILE):
+        xc = x[t + c]
+        val = vlane(sums, c)
+        for j in range(body, n):
+            val = fma(wi[j], xc[j], val)
+        xout[t + c, i] = val
+
+
+@inline
 def _tile_strict(xout, xt, w, i, t, ntok):
     """xout[t:t+16C, i:i+R] (R, C = TILE): lane l of vector c sums w[i + r, j] * x[t + 16c + l, j] over j in order."""
     R, C = TILE
@@ -364,6 +385,14 @@ def _block(xout, x, w, xt, i0, i1):
                 _rows8(xout[b], x[b], w, i)
             for i in range(i8, i1):
                 xout[b, i] = dot(w[i], x[b])
+    elif n < PROMPT_TILES_FROM:  # a few tokens: memory-bound, one weight row at a time
+        t_tiled = n - n % ROW_TILE
+        for i in range(i0, i1):
+            for t in range(0, t_tiled, ROW_TILE):
+                _row_tile(xout, x, w, i, t)
+            wi = w[i]
+            for b in range(t_tiled, n):
+                xout[b, i] = dot(wi, x[b])
     else:
         t_tiled = n - n % C
         for i in range(i0, i_tiled, R):
