@@ -316,6 +316,62 @@ def vadd(typingctx, a, b):
     return f32x16(f32x16, f32x16), codegen
 
 
+def _contiguous_f32_2d(a):
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 2 and a.layout == "C"
+
+
+@intrinsic
+def rows16_strict(typingctx, acc, w, i, x, j):
+    """acc + the products of columns j..j+15, one at a time in column order: lane r sums w[i + r, c] * x[c].
+
+    Lane r carries row i + r's sequential sum (each product rounded, then
+    added, as C's `val += w * x`), so 16 rows advance together without
+    changing any row's order. The 16 x 16 block is loaded row by row and
+    transposed in registers: four butterfly stages of two-vector shuffles.
+    """
+    if not (_contiguous_f32_2d(w) and _contiguous_f32(x)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, wa, i, xa, j = args
+        warr = context.make_array(sig.args[1])(context, builder, wa)
+        ncols = builder.extract_value(warr.shape, 1)
+        rows = []
+        for r in range(LANES):
+            offset = builder.add(builder.mul(builder.add(i, ir.Constant(i.type, r)), ncols), j)
+            ptr = builder.bitcast(builder.gep(warr.data, [offset]), _VEC.as_pointer())
+            rows.append(builder.load(ptr, align=4))
+        block = LANES // 2
+        while block >= 1:  # rows r and r + block trade halves of each 2*block-lane group
+            lo = ir.Constant(ir.VectorType(_I32, LANES), _interleave(0, block))
+            hi = ir.Constant(ir.VectorType(_I32, LANES), _interleave(1, block))
+            new = list(rows)
+            for r in range(LANES):
+                if r & block == 0:
+                    new[r] = builder.shuffle_vector(rows[r], rows[r + block], lo)
+                    new[r + block] = builder.shuffle_vector(rows[r], rows[r + block], hi)
+            rows, block = new, block // 2
+        xdata = context.make_array(sig.args[3])(context, builder, xa).data
+        undef = ir.Constant(_VEC, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+        for c in range(LANES):
+            xc = builder.load(builder.gep(xdata, [builder.add(j, ir.Constant(j.type, c))]))
+            xv = builder.shuffle_vector(builder.insert_element(undef, xc, ir.Constant(_I32, 0)), undef, splat)
+            acc = builder.fadd(acc, builder.fmul(rows[c], xv))
+        return acc
+    return f32x16(f32x16, w, types.intp, x, types.intp), codegen
+
+
+def _interleave(half, block):
+    """Shuffle mask of one butterfly stage: per 2*block-lane group, the group's first (half 0) or second half
+    of a, then the same half of b (b's lanes numbered from LANES)."""
+    lanes = []
+    for g in range(0, LANES, 2 * block):
+        part = range(g, g + block) if half == 0 else range(g + block, g + 2 * block)
+        lanes += list(part) + [LANES + k for k in part]
+    return lanes
+
+
 @intrinsic
 def vsum(typingctx, v):
     """The 16 lanes added in a fixed tree: lane k + lane k+8, then k + k+4, k + k+2, k + k+1."""
