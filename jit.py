@@ -99,15 +99,21 @@ TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
 # a batch of a few tokens (several samples decoded together) is memory-bound: one weight row at a time,
 # applied to ROW_TILE tokens (three rows read side by side stream at half speed from DRAM on Zen 3 and 4)
 ROW_TILE = 8 if AVX512 else 4 if AVX2 else 2
+# strict one-token matmuls carry this many rows' sums side by side, one per lane (an R x R transpose in
+# registers: 16 x 16 fits AVX-512's 32 registers, 8 x 8 the 16 of AVX2 and SSE)
+STRICT_ROWS = 16 if AVX512 else 8
 
 
 def _int8_path():
-    """How int8 group dots are computed: vnni (vpdpbusd), avx2 (vpmaddubsw + vpmaddwd) or portable (a plain loop).
+    """How int8 group dots are computed: vnni (vpdpbusd), avx2 (vpmaddubsw + vpmaddwd), sse2 (pmaddwd on
+    bytes widened to 16 bits, what every x86-64 has) or portable (a plain loop).
 
     LLAMA2_INT8_DOT forces one (tests check each against the exact integer
     reference); asking for one the target lacks is an error.
     """
     have = ["portable"]
+    if llvm.get_process_triple().startswith(("x86_64", "amd64")):
+        have.append("sse2")
     if "avx2" in FEATURES:
         have.append("avx2")
     if ("avx512vnni" in FEATURES and "avx512vl" in FEATURES) or "avxvnni" in FEATURES:
@@ -321,54 +327,65 @@ def _contiguous_f32_2d(a):
 
 
 @intrinsic
-def rows16_strict(typingctx, acc, w, i, x, j):
-    """acc + the products of columns j..j+15, one at a time in column order: lane r sums w[i + r, c] * x[c].
+def rows_strict(typingctx, xout, w, i, x):
+    """xout[i:i+R] = the sums of w[i + r, c] * x[c] over the columns c < len(x) // R * R; returns that count.
 
-    Lane r carries row i + r's sequential sum (each product rounded, then
-    added, as C's `val += w * x`), so 16 rows advance together without
-    changing any row's order. The 16 x 16 block is loaded row by row and
-    transposed in registers: four butterfly stages of two-vector shuffles.
+    R = STRICT_ROWS. Lane r carries row i + r's sum in column order, each
+    product rounded and then added (C's `val += w * x`), so R rows advance
+    together without changing any row's order. Each R x R block of weights is
+    loaded row by row and transposed in registers (log2 R butterfly stages of
+    two-vector shuffles); the caller adds the last len(x) % R columns.
     """
-    if not (_contiguous_f32_2d(w) and _contiguous_f32(x)):
+    if not (isinstance(xout, types.Array) and xout.ndim == 1 and xout.layout == "C"
+            and _contiguous_f32_2d(w) and _contiguous_f32(x)):
         return None
+    width = STRICT_ROWS
+    vec = ir.VectorType(ir.FloatType(), width)
 
     def codegen(context, builder, sig, args):
-        acc, wa, i, xa, j = args
-        warr = context.make_array(sig.args[1])(context, builder, wa)
+        out_a, w_a, i, x_a = args
+        warr = context.make_array(sig.args[1])(context, builder, w_a)
         ncols = builder.extract_value(warr.shape, 1)
-        rows = []
-        for r in range(LANES):
-            offset = builder.add(builder.mul(builder.add(i, ir.Constant(i.type, r)), ncols), j)
-            ptr = builder.bitcast(builder.gep(warr.data, [offset]), _VEC.as_pointer())
-            rows.append(builder.load(ptr, align=4))
-        block = LANES // 2
-        while block >= 1:  # rows r and r + block trade halves of each 2*block-lane group
-            lo = ir.Constant(ir.VectorType(_I32, LANES), _interleave(0, block))
-            hi = ir.Constant(ir.VectorType(_I32, LANES), _interleave(1, block))
-            new = list(rows)
-            for r in range(LANES):
-                if r & block == 0:
-                    new[r] = builder.shuffle_vector(rows[r], rows[r + block], lo)
-                    new[r + block] = builder.shuffle_vector(rows[r], rows[r + block], hi)
-            rows, block = new, block // 2
-        xdata = context.make_array(sig.args[3])(context, builder, xa).data
-        undef = ir.Constant(_VEC, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-        for c in range(LANES):
-            xc = builder.load(builder.gep(xdata, [builder.add(j, ir.Constant(j.type, c))]))
-            xv = builder.shuffle_vector(builder.insert_element(undef, xc, ir.Constant(_I32, 0)), undef, splat)
-            acc = builder.fadd(acc, builder.fmul(rows[c], xv))
-        return acc
-    return f32x16(f32x16, w, types.intp, x, types.intp), codegen
+        blocks = builder.sdiv(ncols, ir.Constant(ncols.type, width))
+        xdata = context.make_array(sig.args[3])(context, builder, x_a).data
+        accp = cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * width))
+        undef = ir.Constant(vec, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(_I32, width), [0] * width)
+        with cgutils.for_range(builder, blocks) as loop:
+            j = builder.mul(loop.index, ir.Constant(ncols.type, width))
+            rows = []
+            for r in range(width):
+                offset = builder.add(builder.mul(builder.add(i, ir.Constant(i.type, r)), ncols), j)
+                rows.append(builder.load(builder.bitcast(builder.gep(warr.data, [offset]), vec.as_pointer()), align=4))
+            block = width // 2
+            while block >= 1:  # rows r and r + block trade halves of each 2*block-lane group
+                lo = ir.Constant(ir.VectorType(_I32, width), _interleave(0, block, width))
+                hi = ir.Constant(ir.VectorType(_I32, width), _interleave(1, block, width))
+                new = list(rows)
+                for r in range(width):
+                    if r & block == 0:
+                        new[r] = builder.shuffle_vector(rows[r], rows[r + block], lo)
+                        new[r + block] = builder.shuffle_vector(rows[r], rows[r + block], hi)
+                rows, block = new, block // 2
+            acc = builder.load(accp)
+            for c in range(width):
+                xc = builder.load(builder.gep(xdata, [builder.add(j, ir.Constant(j.type, c))]))
+                xv = builder.shuffle_vector(builder.insert_element(undef, xc, ir.Constant(_I32, 0)), undef, splat)
+                acc = builder.fadd(acc, builder.fmul(rows[c], xv))
+            builder.store(acc, accp)
+        out_ptr = _element_ptr(context, builder, sig.args[0], out_a, i)
+        builder.store(builder.load(accp), builder.bitcast(out_ptr, vec.as_pointer()), align=4)
+        return builder.mul(blocks, ir.Constant(ncols.type, width))
+    return types.intp(xout, w, types.intp, x), codegen
 
 
-def _interleave(half, block):
+def _interleave(half, block, width):
     """Shuffle mask of one butterfly stage: per 2*block-lane group, the group's first (half 0) or second half
-    of a, then the same half of b (b's lanes numbered from LANES)."""
+    of a, then the same half of b (b's lanes numbered from width)."""
     lanes = []
-    for g in range(0, LANES, 2 * block):
+    for g in range(0, width, 2 * block):
         part = range(g, g + block) if half == 0 else range(g + block, g + 2 * block)
-        lanes += list(part) + [LANES + k for k in part]
+        lanes += list(part) + [width + k for k in part]
     return lanes
 
 
@@ -547,6 +564,7 @@ def idot32(typingctx, acc, x, w, j):
       vnni: vpdpbusd(acc, |x|, x < 0 ? -w : w), four products per lane
       avx2: vpmaddubsw(|x|, sign(w, x)) -> pairs in int16 (at most 2 * 127 * 127,
             so no saturation), vpmaddwd(., 1) -> int32, added to acc.
+      sse2: both widened to int16, pmaddwd on each 8 of them -> int32 pairs.
     """
     def codegen(context, builder, sig, args):
         acc = args[0]
@@ -554,6 +572,18 @@ def idot32(typingctx, acc, x, w, j):
                                           _I8x32.as_pointer()), align=1)
         wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], args[3]),
                                           _I8x32.as_pointer()), align=1)
+        if INT8_DOT == "sse2":
+            i16x32 = ir.VectorType(ir.IntType(16), 32)
+            xw, ww = builder.sext(xv, i16x32), builder.sext(wv, i16x32)
+            quads = []
+            for k in range(4):
+                lanes = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * k, 8 * k + 8)))
+                quads.append(_intrinsic_call(builder, "llvm.x86.sse2.pmadd.wd", ir.VectorType(_I32, 4),
+                                             [builder.shuffle_vector(xw, xw, lanes),
+                                              builder.shuffle_vector(ww, ww, lanes)]))
+            lo = builder.shuffle_vector(quads[0], quads[1], ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
+            hi = builder.shuffle_vector(quads[2], quads[3], ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
+            return builder.add(acc, builder.add(lo, hi))
         xa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [xv, ir.Constant(ir.IntType(1), 0)])
         if INT8_DOT == "vnni":
             negative = builder.icmp_signed("<", xv, ir.Constant(_I8x32, [0] * INT8_CHUNK))

@@ -23,9 +23,9 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, TILE, clock_ns, fma, idot32, ihsum, ihsum8,
-                 inline, izero, kernel, pkernel, q8_accumulate, row_tile_zero, rows16_strict, tile_fma, tile_get,
-                 tile_muladd, tile_sums, tile_zero, vadd, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
+from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, fma, idot32,
+                 ihsum, ihsum8, inline, izero, kernel, pkernel, q8_accumulate, row_tile_zero, rows_strict, tile_fma,
+                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -270,33 +270,28 @@ def softmax(x):
 #    TILE[0] rows x TILE[1] tokens keep 16-float accumulators in registers and
 #    read each weight vector once per tile, with each output summed exactly as
 #    its dot would.
-#  - strict: a sequential sum per output. A few tokens: 16 rows are the 16
-#    lanes of a vector (a 16 x 16 block of weights transposed in registers),
-#    each lane its own row's sequential sum. Several tokens: the tokens are the
+#  - strict: a sequential sum per output. A few tokens: STRICT_ROWS rows are
+#    the lanes of a vector (a block of weights transposed in registers), each
+#    lane its own row's sequential sum. Several tokens: the tokens are the
 #    vector lanes (the input transposed into s.xt), TILE[0] rows x TILE[1]
 #    vectors of 16 tokens per tile.
 
-BLOCK = 48  # rows per parallel work item: a multiple of 16 and of TILE[0]
+BLOCK = 48  # rows per parallel work item: a multiple of STRICT_ROWS and of TILE[0]
 STRICT_LANES_FROM = 4  # strict mode vectorizes across tokens from this many rows on
 PROMPT_TILES_FROM = 24  # fast modes use the TILE[0]-row tiles from this many tokens on
 
 
 @inline
-def _rows16(xout, x, w, i):
-    """xout[i:i+16] = w[i:i+16] @ x: 16 sequential sums side by side, one per vector lane.
+def _rows_strict(xout, x, w, i):
+    """xout[i:i+STRICT_ROWS] = w[i:i+STRICT_ROWS] @ x: one sequential sum per row, the rows side by side.
 
-    rows16_strict carries them 16 columns at a time; the last len % 16
-    columns continue each row's sum in place, in column order.
+    rows_strict carries them STRICT_ROWS columns at a time; the last columns
+    continue each row's sum in place, in column order.
     """
-    n = w.shape[1]
-    body = n - n % LANES
-    acc = vzero()
-    for j in range(0, body, LANES):
-        acc = rows16_strict(acc, w, i, x, j)
-    vstore(xout, i, acc)
-    for j in range(body, n):
+    body = rows_strict(xout, w, i, x)
+    for j in range(body, w.shape[1]):
         xj = x[j]
-        for r in range(i, i + LANES):
+        for r in range(i, i + STRICT_ROWS):
             xout[r] += w[r, j] * xj
 
 
@@ -399,11 +394,11 @@ def _block(xout, x, w, xt, i0, i1):
             for b in range(n):
                 xout[b, i] = dot(w[i], x[b])
     elif STRICT:
-        i16 = i0 + (i1 - i0) // LANES * LANES
+        i16 = i0 + (i1 - i0) // STRICT_ROWS * STRICT_ROWS
         i8 = i16 + (i1 - i16) // 8 * 8
         for b in range(n):
-            for i in range(i0, i16, LANES):
-                _rows16(xout[b], x[b], w, i)
+            for i in range(i0, i16, STRICT_ROWS):
+                _rows_strict(xout[b], x[b], w, i)
             for i in range(i16, i8, 8):
                 _rows8(xout[b], x[b], w, i)
             for i in range(i8, i1):

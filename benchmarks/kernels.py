@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Matmul kernel variants: checked against a reference first, then timed on cold weights.
+"""Matmul kernel variants for one token: checked against a reference first, then timed on cold weights.
 
     python benchmarks/kernels.py [--fastmath off|on] [--threads N]
 
-The variants compute 1 output row per loop iteration, or 8 (model.matmul;
-each row still one sequential sum over j). Each is first compared with the
-plain one-row strict kernel, bit for bit when fast math is off, then timed
-over many distinct matrices (more bytes than the caches hold, as in a real
-forward pass), alternating variants, median of 7 rounds. A kernel alone is
-only half the story: model.py's final choices (8-row blocks, one-row fused
-w1/w3 with fast math) were made by timing whole forward passes side by side.
+Each variant computes W (d, n) @ x for one token, the case that decides
+generation speed. Fast math: one row at a time (model.py's choice: each
+row's 16-lane dot, one stream through memory) against 8 rows read side by
+side. Strict: 16 (AVX-512) or 8 rows as the lanes of a vector (model.py's
+choice: a block of weights transposed in registers) against 8 interleaved
+scalar sums and one sequential sum per row. Each is first compared with a float32
+reference, bit for bit when strict (every row one sequential sum), then
+timed over many distinct matrices (more bytes than the caches hold, as in
+a real forward pass), variants alternating, median of 7 rounds. A kernel
+alone is half the story: model.py's choices were made by timing whole
+forward passes side by side too.
 """
 
 import argparse
@@ -28,27 +32,49 @@ def main(argv):
     os.environ["LLAMA2_FASTMATH"] = a.fastmath
     os.environ["LLAMA2_THREADS"] = str(a.threads)
     sys.path.insert(0, ROOT)
-    global model
-    import model  # first: it settles numba's cache directory for this mode
+    import jit  # first: it settles numba's cache directory for this mode
+    import model
     import numba
     import numpy as np
-    jit = numba.njit(fastmath=model.FASTMATH_FLAGS[model.FASTMATH], parallel=model.PARALLEL)
 
-    @jit
-    def rows1(xout, x, w):
+    jitted = numba.njit(parallel=jit.PARALLEL, error_model="numpy")
+
+    @jitted
+    def one_row(xout, x, w):
         for i in numba.prange(w.shape[0]):
-            model._row(xout, x, w, i)
+            xout[i] = model.dot(w[i], x)
 
-    variants = {"1 row": rows1, "8 rows": model.matmul}
+    @jitted
+    def rows8(xout, x, w):
+        for b in numba.prange(w.shape[0] // 8):
+            model._rows8(xout, x, w, 8 * b)
+
+    @jitted
+    def rows8_fast(xout, x, w):  # 8 rows side by side, each summed as its dot
+        for b in numba.prange(w.shape[0] // 8):
+            for i in range(8 * b, 8 * b + 8):
+                xout[i] = model.dot(w[i], x)
+
+    @jitted
+    def rows_strict(xout, x, w):
+        for b in numba.prange(w.shape[0] // jit.STRICT_ROWS):
+            model._rows_strict(xout, x, w, jit.STRICT_ROWS * b)
+
+    if a.fastmath == "off":
+        variants = {"1 row": one_row, "8 rows": rows8, f"{jit.STRICT_ROWS} rows (model.py)": rows_strict}
+    else:
+        variants = {"1 row (model.py)": one_row, "8 rows": rows8_fast}
     rng = np.random.default_rng(0)
-    print(f"fast math {a.fastmath}, {a.threads} thread(s); GB/s of weights streamed (median of 7)")
-    print(f"{'shape':>12} " + " ".join(f"{name:>10}" for name in variants))
+    print(f"{jit.describe()}; GB/s of weights streamed (median of 7)")
+    print(f"{'shape':>12} " + " ".join(f"{name:>19}" for name in variants))
     for d, n in [(288, 288), (768, 288), (768, 768), (2048, 768), (768, 2048), (32000, 288), (32000, 768)]:
         count = max(2, int(400e6 / (d * n * 4)))  # ~400 MB of distinct matrices
         ws = [rng.standard_normal((d, n), dtype=np.float32) for _ in range(count)]
+        for w in ws:
+            w.flags.writeable = False  # as a mapped checkpoint
         x = rng.standard_normal(n, dtype=np.float32)
-        ref = np.zeros(d, np.float32)
-        for i in range(min(d, 64)):  # the reference: one sequential float32 sum per row (64 rows checked)
+        ref = np.zeros(64, np.float32)
+        for i in range(64):  # the reference: one sequential float32 sum per row (64 rows checked)
             acc = np.float32(0.0)
             for j in range(n):
                 acc = np.float32(acc + ws[0][i, j] * x[j])
@@ -57,11 +83,11 @@ def main(argv):
         for name, f in variants.items():
             out = np.zeros(d, np.float32)
             f(out, x, ws[0])
-            got, want = out[:64], ref[:64]
+            got = out[:64]
             if a.fastmath == "off":
-                assert np.array_equal(got.view(np.int32), want.view(np.int32)), f"{name} is not exact"
+                assert np.array_equal(got.view(np.int32), ref.view(np.int32)), f"{name} is not exact"
             else:
-                assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), f"{name} is wrong"
+                assert np.allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()), f"{name} is wrong"
         for _ in range(7):
             for name, f in variants.items():
                 out = np.zeros(d, np.float32)
@@ -70,7 +96,7 @@ def main(argv):
                     f(out, x, w)
                 times[name].append(time.perf_counter() - t0)
         gbs = {name: count * d * n * 4 / np.median(t) / 1e9 for name, t in times.items()}
-        print(f"{f'{d}x{n}':>12} " + " ".join(f"{gbs[name]:>10.1f}" for name in variants))
+        print(f"{f'{d}x{n}':>12} " + " ".join(f"{gbs[name]:>19.1f}" for name in variants))
     return 0
 
 

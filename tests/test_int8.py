@@ -152,7 +152,7 @@ print(jit.INT8_DOT, "exact")
 """
 
 
-@pytest.mark.parametrize("path", ["vnni", "avx2", "portable"])
+@pytest.mark.parametrize("path", ["vnni", "avx2", "sse2", "portable"])
 def test_each_int8_dot_path_is_exact(tmp_path, path):
     """Each way of computing the integer group dots, forced in turn, against the exact NumPy reference."""
     import jit
