@@ -559,12 +559,12 @@ def izero(typingctx):
 def idot32(typingctx, acc, x, w, j):
     """acc plus the products x[j + k] * w[j + k], k < 32, of two int8 arrays, summed exactly into 8 int32 lanes.
 
-    Both hold values in [-127, 127] (runq.c's quantization never gives -128),
-    so |x| fits an unsigned byte and |x| * (w with x's sign) = x * w:
-      vnni: vpdpbusd(acc, |x|, x < 0 ? -w : w), four products per lane
-      avx2: vpmaddubsw(|x|, sign(w, x)) -> pairs in int16 (at most 2 * 127 * 127,
-            so no saturation), vpmaddwd(., 1) -> int32, added to acc.
+    Both hold values in [-127, 127] (runq.c's quantization never gives -128):
+      avx2: |x| fits an unsigned byte and |x| * (w with x's sign) = x * w, so
+            vpmaddubsw(|x|, sign(w, x)) -> pairs in int16 (at most 2 * 127 * 127,
+            no saturation), vpmaddwd(., 1) -> int32, added to acc.
       sse2: both widened to int16, pmaddwd on each 8 of them -> int32 pairs.
+    The vnni path is idot32u and iwsum32 (fewer instructions than any sign fix-up).
     """
     def codegen(context, builder, sig, args):
         acc = args[0]
@@ -585,19 +585,72 @@ def idot32(typingctx, acc, x, w, j):
             hi = builder.shuffle_vector(quads[2], quads[3], ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
             return builder.add(acc, builder.add(lo, hi))
         xa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [xv, ir.Constant(ir.IntType(1), 0)])
-        if INT8_DOT == "vnni":
-            negative = builder.icmp_signed("<", xv, ir.Constant(_I8x32, [0] * INT8_CHUNK))
-            ws = builder.select(negative, builder.sub(ir.Constant(_I8x32, [0] * INT8_CHUNK), wv), wv)
-            return _intrinsic_call(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8,
-                                   [acc, builder.bitcast(xa, _I32x8), builder.bitcast(ws, _I32x8)])
         ws = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [wv, xv])
         pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [xa, ws])
         quads = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, [pairs, ir.Constant(_I16x16, [1] * 16)])
         return builder.add(acc, quads)
-    if INT8_DOT == "portable" or not all(isinstance(a, types.Array) and a.dtype == types.int8 and a.ndim == 1
-                                         and a.layout == "C" for a in (x, w)):
+    if INT8_DOT in ("portable", "vnni") or not all(_int8_row(a) for a in (x, w)):
         return None
     return i32x8(i32x8, x, w, types.intp), codegen
+
+
+def _int8_row(a):
+    return isinstance(a, types.Array) and a.dtype == types.int8 and a.ndim == 1 and a.layout == "C"
+
+
+def _vpdpbusd(builder, acc, unsigned, signed):
+    """acc + the four products of unsigned bytes by signed bytes in each int32 lane (exact: no saturation)."""
+    return _intrinsic_call(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8,
+                           [acc, builder.bitcast(unsigned, _I32x8), builder.bitcast(signed, _I32x8)])
+
+
+@intrinsic
+def idot32u(typingctx, acc, x, w, j):
+    """acc plus (x[j + k] + 128) * w[j + k], k < 32, in 8 int32 lanes (vpdpbusd; targets with VNNI).
+
+    x + 128 is x with its sign bit flipped, read as an unsigned byte. The
+    caller takes iwsum32's 128 * w back off, leaving exactly sum x * w.
+    """
+    def codegen(context, builder, sig, args):
+        xv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[3]),
+                                          _I8x32.as_pointer()), align=1)
+        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], args[3]),
+                                          _I8x32.as_pointer()), align=1)
+        return _vpdpbusd(builder, args[0], builder.xor(xv, ir.Constant(_I8x32, [-128] * INT8_CHUNK)), wv)
+    if INT8_DOT != "vnni" or not all(_int8_row(a) for a in (x, w)):
+        return None
+    return i32x8(i32x8, x, w, types.intp), codegen
+
+
+@intrinsic
+def iwsum32(typingctx, acc, w, j):
+    """acc plus 128 * w[j + k], k < 32, in 8 int32 lanes (vpdpbusd; targets with VNNI): idot32u's offset."""
+    def codegen(context, builder, sig, args):
+        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[2]),
+                                          _I8x32.as_pointer()), align=1)
+        return _vpdpbusd(builder, args[0], ir.Constant(_I8x32, [-128] * INT8_CHUNK), wv)
+    if INT8_DOT != "vnni" or not _int8_row(w):
+        return None
+    return i32x8(i32x8, w, types.intp), codegen
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    """a - b, lane by lane."""
+    return i32x8(i32x8, i32x8), lambda context, builder, sig, args: builder.sub(args[0], args[1])
+
+
+@intrinsic
+def isub_total(typingctx, a, b):
+    """a minus the sum of b's eight lanes, in every lane."""
+    def codegen(context, builder, sig, args):
+        x, width = args[1], 8
+        while width > 1:
+            half = width // 2
+            x = builder.add(_shuffle(builder, x, x, list(range(half))), _shuffle(builder, x, x, list(range(half, width))))
+            width = half
+        return builder.sub(args[0], _shuffle(builder, x, x, [0] * 8))
+    return i32x8(i32x8, i32x8), codegen
 
 
 def _shuffle(builder, a, b, lanes):
@@ -648,6 +701,51 @@ def q8_accumulate(typingctx, val, s, ws, xs, g):
             acc = builder.fadd(acc, builder.extract_element(p, ir.Constant(_I32, k)))
         return acc
     return types.float32(types.float32, i32x8, ws, xs, types.intp), codegen
+
+
+class F32x8(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x8")
+
+
+f32x8 = F32x8()
+_F32x8 = ir.VectorType(ir.FloatType(), 8)
+
+
+@register_model(F32x8)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _F32x8)
+
+
+@intrinsic
+def fzero8(typingctx):
+    """Eight float32 zeros: the sums of eight tokens."""
+    return f32x8(), lambda context, builder, sig, args: ir.Constant(_F32x8, [0.0] * 8)
+
+
+@intrinsic
+def q8_lanes(typingctx, vals, s, wsg, xs, t):
+    """vals + (float(s) * wsg) * xs[t:t+8]: one group's term added to each of eight tokens' sums.
+
+    Lane k is token t + k; each lane rounds as q8_accumulate does for one token.
+    """
+    def codegen(context, builder, sig, args):
+        xsv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[3], args[3], args[4]),
+                                           _F32x8.as_pointer()), align=4)
+        wsv = _shuffle(builder, builder.insert_element(ir.Constant(_F32x8, ir.Undefined), args[2],
+                                                       ir.Constant(_I32, 0)), ir.Constant(_F32x8, ir.Undefined), [0] * 8)
+        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
+        return builder.fadd(args[0], p)
+    return f32x8(f32x8, i32x8, types.float32, xs, types.intp), codegen
+
+
+@intrinsic
+def flane8(typingctx, v, k):
+    """Lane k of an f32x8."""
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+    return types.float32(f32x8, types.intp), codegen
 
 
 @intrinsic

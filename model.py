@@ -23,9 +23,10 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, fma, idot32,
-                 ihsum, ihsum8, inline, izero, kernel, pkernel, q8_accumulate, row_tile_zero, rows_strict, tile_fma,
-                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
+from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, flane8, fma,
+                 fzero8, idot32, idot32u, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero, kernel, pkernel,
+                 q8_accumulate, q8_lanes, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums,
+                 tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -606,6 +607,12 @@ def _round_half_away(v):
 def _group_lanes(xq, wq, start, gs):
     """The products of the group starting at start, summed into 8 int32 lanes (gs a multiple of INT8_CHUNK)."""
     acc = izero()
+    if INT8_DOT == "vnni":  # sum (x + 128) * w - sum 128 * w
+        offset = izero()
+        for j in range(start, start + gs, INT8_CHUNK):
+            acc = idot32u(acc, xq, wq, j)
+            offset = iwsum32(offset, wq, j)
+        return isub(acc, offset)
     for j in range(start, start + gs, INT8_CHUNK):
         acc = idot32(acc, xq, wq, j)
     return acc
@@ -647,18 +654,66 @@ def _dot_q8(xq, xs, wq, ws, gs):
     return val
 
 
+Q8_TOKENS = 8  # tokens per int8 tile: one weight row against eight, each token a lane of the float sums
+
+
 @inline
-def _block_q8(xout, xq, xs, wq, ws, i0, i1):
+def _q8_tile(xout, xq, xst, wq, ws, i, t, gs):
+    """xout[t:t+8, i] = _dot_q8 of weight row i with tokens t..t+7, the row's bytes loaded once for all eight.
+
+    Token k's integer sums are lane k after ihsum8, and its float sum adds
+    (float(sum) * ws[i, g]) * xs[t + k, g] in group order: _dot_q8's bits.
+    xst is xs transposed (xst[g, b] = xs[b, g]), so a group's eight scales
+    are one load.
+    """
+    w, sw = wq[i], ws[i]
+    x0, x1, x2, x3, x4, x5, x6, x7 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3], xq[t + 4], xq[t + 5], xq[t + 6], xq[t + 7]
+    vals = fzero8()
+    for g in range(sw.shape[0]):
+        a0, a1, a2, a3, a4, a5, a6, a7, offset = izero(), izero(), izero(), izero(), izero(), izero(), izero(), \
+            izero(), izero()
+        for j in range(g * gs, g * gs + gs, INT8_CHUNK):
+            if INT8_DOT == "vnni":
+                a0, a1, a2, a3 = idot32u(a0, x0, w, j), idot32u(a1, x1, w, j), idot32u(a2, x2, w, j), \
+                    idot32u(a3, x3, w, j)
+                a4, a5, a6, a7 = idot32u(a4, x4, w, j), idot32u(a5, x5, w, j), idot32u(a6, x6, w, j), \
+                    idot32u(a7, x7, w, j)
+                offset = iwsum32(offset, w, j)  # once for the eight tokens
+            else:
+                a0, a1, a2, a3 = idot32(a0, x0, w, j), idot32(a1, x1, w, j), idot32(a2, x2, w, j), \
+                    idot32(a3, x3, w, j)
+                a4, a5, a6, a7 = idot32(a4, x4, w, j), idot32(a5, x5, w, j), idot32(a6, x6, w, j), \
+                    idot32(a7, x7, w, j)
+        vals = q8_lanes(vals, isub_total(ihsum8(a0, a1, a2, a3, a4, a5, a6, a7), offset), sw[g], xst[g], t)
+    for k in range(Q8_TOKENS):
+        xout[t + k, i] = flane8(vals, k)
+
+
+@inline
+def _block_q8(xout, xq, xs, xst, wq, ws, i0, i1):
     """Rows i0 <= i < i1 of the int8 matmul for every row of the batch (a weight row stays in cache meanwhile)."""
     gs = wq.shape[1] // ws.shape[1]
+    n = xout.shape[0]
+    t_tiled = n - n % Q8_TOKENS if INT8_DOT != "portable" and gs % INT8_CHUNK == 0 else 0
     for i in range(i0, i1):
-        for b in range(xout.shape[0]):
+        if INT8_DOT != "portable":  # a constant: the portable build never types the tile
+            for t in range(0, t_tiled, Q8_TOKENS):
+                _q8_tile(xout, xq, xst, wq, ws, i, t, gs)
+        for b in range(t_tiled, n):
             xout[b, i] = _dot_q8(xq[b], xs[b], wq[i], ws[i], gs)
 
 
 @pkernel
-def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
-    """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs."""
+def matmuls_q8(xq, xs, xst, o1, w1, o2, w2, o3, w3, serial):
+    """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs.
+
+    xst (at least (groups, rows)) receives xs transposed when the batch has
+    a tile's worth of rows.
+    """
+    if xq.shape[0] >= Q8_TOKENS:
+        for b in range(xs.shape[0]):
+            for g in range(w1[1].shape[1]):
+                xst[g, b] = xs[b, g]
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
@@ -669,7 +724,7 @@ def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
                 out, w, c = o3, w3, b - n1 - n2
             elif b >= n1:
                 out, w, c = o2, w2, b - n1
-            _block_q8(out, xq, xs, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+            _block_q8(out, xq, xs, xst, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
         return
     for b in prange(n1 + n2 + n3):
         out, w, c = o1, w1, b
@@ -677,7 +732,7 @@ def matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
             out, w, c = o3, w3, b - n1 - n2
         elif b >= n1:
             out, w, c = o2, w2, b - n1
-        _block_q8(out, xq, xs, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+        _block_q8(out, xq, xs, xst, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
 
 
 # The forward pass is written once for both weight formats: `project`
@@ -707,11 +762,11 @@ def _project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
         quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1])
         none = (w1[0][:0], w1[1][:0])
         if o2 is None:
-            matmuls_q8(xq, xs, o1, w1, o1, none, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, o1, w1, o1, none, o1, none, serial)
         elif o3 is None:
-            matmuls_q8(xq, xs, o1, w1, o2, w2, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, o1, w1, o2, w2, o1, none, serial)
         else:
-            matmuls_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial)
+            matmuls_q8(xq, xs, s.xt, o1, w1, o2, w2, o3, w3, serial)
     return q8
 
 

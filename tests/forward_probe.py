@@ -7,11 +7,15 @@ NUMBA_CPU_NAME, LLAMA2_CACHE_DIR), so tests run this in subprocesses to
 compare modes, CPU tiers, and cold and warm JIT caches. Saved arrays:
 
   single       logits of TOKENS fed one at a time at positions 0, 1, ...
-  prefill      the same tokens in one pass (chunks of 5 rows), logits of every row
+  prefill      the same tokens in one pass (chunks of 26 rows, then 4), logits of every row
   kv_single    the key and value caches after `single`
   kv_prefill   the same after `prefill`
-  batched      three sequences decoded in lockstep, one row each per pass
-  alone        the same three sequences, each run by itself
+  batched      nine sequences decoded in lockstep, one row each per pass
+  alone        the same nine sequences, each run by itself
+
+The sizes reach every kernel shape of every tier: prompt tiles (24 rows and
+more), row tiles and int8 tiles (8 rows and more, with a tail), strict
+token lanes (4 rows and more).
   profiled     `single` again with the per-kernel profile switched on
 """
 
@@ -24,11 +28,13 @@ import numpy as np  # noqa: E402
 
 import model  # noqa: E402
 
-TOKENS = [1, 5, 9, 2, 17, 3, 4, 8, 10, 11, 12, 13, 6, 7]
+TOKENS = [1, 5, 9, 2, 17, 3, 4, 8, 10, 11, 12, 13, 6, 7, 19, 23, 14, 29, 31, 16, 18, 20, 22, 15, 24, 25, 27, 26,
+          30, 21]
+SEQS = 9
 
 
 def probe(path):
-    t = model.Transformer(path, rows=5, seqs=3)
+    t = model.Transformer(path, rows=26, seqs=SEQS)
     vocab = t.config.vocab_size
     toks = [x % vocab for x in TOKENS]
     out = {}
@@ -39,13 +45,13 @@ def probe(path):
     out["prefill"] = np.array(rows)
     out["kv_prefill"] = np.stack([t.state.key_cache[:, 0, :len(toks)],
                                   t.state.value_cache[:, 0, :len(toks)]]).copy()
-    # three sequences, different tokens, one row each per pass
-    seqs = [toks, toks[::-1], [(x * 7 + 3) % vocab for x in toks]]
+    # SEQS sequences, different tokens, one row each per pass
+    seqs = [[(x * (2 * i + 1) + i) % vocab for x in toks] for i in range(SEQS)]
     batched = []
     for pos in range(len(toks)):
         tok = np.array([s[pos] for s in seqs], np.int32)
-        batched.append(t.run(tok, np.full(3, pos, np.int32), np.arange(3, dtype=np.int32),
-                             np.ones(3, np.int32)).copy())
+        batched.append(t.run(tok, np.full(SEQS, pos, np.int32), np.arange(SEQS, dtype=np.int32),
+                             np.ones(SEQS, np.int32)).copy())
     out["batched"] = np.array(batched)
     alone = np.zeros_like(out["batched"])
     for i, sq in enumerate(seqs):
