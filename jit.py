@@ -647,7 +647,8 @@ def isub_total(typingctx, a, b):
         x, width = args[1], 8
         while width > 1:
             half = width // 2
-            x = builder.add(_shuffle(builder, x, x, list(range(half))), _shuffle(builder, x, x, list(range(half, width))))
+            x = builder.add(_shuffle(builder, x, x, list(range(half))),
+                            _shuffle(builder, x, x, list(range(half, width))))
             width = half
         return builder.sub(args[0], _shuffle(builder, x, x, [0] * 8))
     return i32x8(i32x8, i32x8), codegen
@@ -733,8 +734,8 @@ def q8_lanes(typingctx, vals, s, wsg, xs, t):
     def codegen(context, builder, sig, args):
         xsv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[3], args[3], args[4]),
                                            _F32x8.as_pointer()), align=4)
-        wsv = _shuffle(builder, builder.insert_element(ir.Constant(_F32x8, ir.Undefined), args[2],
-                                                       ir.Constant(_I32, 0)), ir.Constant(_F32x8, ir.Undefined), [0] * 8)
+        undef = ir.Constant(_F32x8, ir.Undefined)
+        wsv = _shuffle(builder, builder.insert_element(undef, args[2], ir.Constant(_I32, 0)), undef, [0] * 8)
         p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
         return builder.fadd(args[0], p)
     return f32x8(f32x8, i32x8, types.float32, xs, types.intp), codegen

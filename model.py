@@ -280,6 +280,9 @@ def softmax(x):
 BLOCK = 48  # rows per parallel work item: a multiple of STRICT_ROWS and of TILE[0]
 STRICT_LANES_FROM = 4  # strict mode vectorizes across tokens from this many rows on
 PROMPT_TILES_FROM = 24  # fast modes use the TILE[0]-row tiles from this many tokens on
+# ...and sooner when the tokens' inputs (n * cols floats) pass 16 KB: a row tile then re-reads them from
+# L2 for every weight row (8 samples of the 110M shape: prompt tiles 1.31x row tiles; 15M, 288 wide: equal)
+ROW_TILE_FLOATS = 4096
 
 
 @inline
@@ -404,7 +407,7 @@ def _block(xout, x, w, xt, i0, i1):
                 _rows8(xout[b], x[b], w, i)
             for i in range(i8, i1):
                 xout[b, i] = dot(w[i], x[b])
-    elif n < PROMPT_TILES_FROM:  # a few tokens: memory-bound, one weight row at a time
+    elif n < PROMPT_TILES_FROM and n * x.shape[1] <= ROW_TILE_FLOATS:  # memory-bound: one weight row at a time
         t_tiled = n - n % ROW_TILE
         for i in range(i0, i1):
             for t in range(0, t_tiled, ROW_TILE):
