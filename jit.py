@@ -379,6 +379,51 @@ def rows_strict(typingctx, xout, w, i, x):
     return types.intp(xout, w, types.intp, x), codegen
 
 
+@intrinsic
+def vdot_halves(typingctx, a, b):
+    """The lanes of dot's 16-lane sum over the first len(a) // 16 * 16 products, added as vsum adds them.
+
+    The same sums in the same order as vfma over 16-float vectors, but kept
+    as two 8-float halves (lanes 0-7 and 8-15): two independent chains of
+    fused multiply-adds instead of one, which is what an AVX-512 target needs
+    to stream a weight row at full speed (one 512-bit chain waits on its own
+    latency). vsum's first step adds lane k and lane k + 8: the two halves.
+    """
+    if not (_contiguous_f32(a) and _contiguous_f32(b)):
+        return None
+    half = ir.VectorType(ir.FloatType(), 8)
+
+    def codegen(context, builder, sig, args):
+        aarr = context.make_array(sig.args[0])(context, builder, args[0])
+        barr = context.make_array(sig.args[1])(context, builder, args[1])
+        n = builder.extract_value(aarr.shape, 0)
+        steps = builder.sdiv(n, ir.Constant(n.type, LANES))
+        lo_p = cgutils.alloca_once_value(builder, ir.Constant(half, [0.0] * 8))
+        hi_p = cgutils.alloca_once_value(builder, ir.Constant(half, [0.0] * 8))
+        with cgutils.for_range(builder, steps) as loop:
+            j = builder.mul(loop.index, ir.Constant(n.type, LANES))
+            for acc_p, off in ((lo_p, 0), (hi_p, 8)):
+                k = builder.add(j, ir.Constant(n.type, off))
+                av = builder.load(builder.bitcast(builder.gep(aarr.data, [k]), half.as_pointer()), align=4)
+                bv = builder.load(builder.bitcast(builder.gep(barr.data, [k]), half.as_pointer()), align=4)
+                prod_sum = _llvm_fma8(builder, av, bv, builder.load(acc_p))
+                builder.store(prod_sum, acc_p)
+        x, width = builder.fadd(builder.load(lo_p), builder.load(hi_p)), 8
+        while width > 1:
+            h = width // 2
+            x = builder.fadd(_shuffle(builder, x, x, list(range(h))), _shuffle(builder, x, x, list(range(h, width))))
+            width = h
+        return builder.extract_element(x, ir.Constant(_I32, 0))
+    return types.float32(a, b), codegen
+
+
+def _llvm_fma8(builder, a, b, c):
+    if not HAS_FMA:
+        return builder.fadd(builder.fmul(a, b), c)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), "llvm.fma.v8f32")
+    return builder.call(fn, [a, b, c])
+
+
 def _interleave(half, block, width):
     """Shuffle mask of one butterfly stage: per 2*block-lane group, the group's first (half 0) or second half
     of a, then the same half of b (b's lanes numbered from width)."""

@@ -23,10 +23,10 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, flane8, fma,
-                 fzero8, idot32, idot32u, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero, kernel, pkernel,
-                 q8_accumulate, q8_lanes, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums,
-                 tile_zero, vadd, vfma, vlane, vload, vsplat, vsum, vzero)
+from jit import (AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns,
+                 flane8, fma, fzero8, idot32, idot32u, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero, kernel,
+                 pkernel, q8_accumulate, q8_lanes, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd,
+                 tile_sums, tile_zero, vadd, vdot_halves, vfma, vlane, vload, vsplat, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -163,7 +163,9 @@ def dot(a, b):
     Strict: one sequential sum, each product rounded (C's loop). Fast: lane
     k of a 16-float vector sums the products j = k, k + 16, ... (fused
     multiply-add), the lanes are added in vsum's fixed tree, and the last
-    len % 16 products follow one by one.
+    len % 16 products follow one by one. With AVX-512 the 16 lanes are kept
+    as two 8-lane halves (vdot_halves: the same sums, two FMA chains instead
+    of one; one token of the 110M shape 1.14x at one thread, 1.18x at two).
     """
     n = a.shape[0]
     if STRICT:
@@ -172,10 +174,13 @@ def dot(a, b):
             val += a[j] * b[j]
         return val
     body = n - n % LANES
-    acc = vzero()
-    for j in range(0, body, LANES):
-        acc = vfma(acc, vload(a, j), vload(b, j))
-    val = vsum(acc)
+    if AVX512:
+        val = vdot_halves(a, b)
+    else:
+        acc = vzero()
+        for j in range(0, body, LANES):
+            acc = vfma(acc, vload(a, j), vload(b, j))
+        val = vsum(acc)
     for j in range(body, n):
         val = fma(a[j], b[j], val)
     return val

@@ -215,6 +215,8 @@ _INTERRUPTED = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from checkpoint import AtomicWrite
+# Ctrl-C as in a terminal: a job started in the background inherits SIGINT ignored, and Python keeps that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with AtomicWrite(sys.argv[2]) as f:
     f.write(b"half a file")
     f.flush()
