@@ -244,7 +244,7 @@ def _llvm_fma(builder, a, b, c):
     """a * b + c rounded once (llvm.fma), or rounded twice where the target has no FMA unit."""
     if not HAS_FMA:
         return builder.fadd(builder.fmul(a, b), c)
-    name = "llvm.fma.v16f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
+    name = f"llvm.fma.v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
     return builder.call(fn, [a, b, c])
 
@@ -252,6 +252,23 @@ def _llvm_fma(builder, a, b, c):
 def _element_ptr(context, builder, arytype, ary, index):
     data = context.make_array(arytype)(context, builder, ary).data
     return builder.gep(data, [index])
+
+
+def _load_vec(context, builder, arytype, ary, index, vectype, align=4):
+    """The vectype-wide vector starting at ary[index] (a contiguous 1-D array)."""
+    ptr = _element_ptr(context, builder, arytype, ary, index)
+    return builder.load(builder.bitcast(ptr, vectype.as_pointer()), align=align)
+
+
+def _halving_sum(builder, x, add):
+    """Lane 0 of x after adding its upper half to its lower half until one lane is left (vsum's tree)."""
+    width = x.type.count
+    while width > 1:
+        half = width // 2
+        lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+        hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+        x, width = add(lo, hi), half
+    return builder.extract_element(x, ir.Constant(_I32, 0))
 
 
 @intrinsic
@@ -281,8 +298,7 @@ def vload(typingctx, a, j):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        return _load_vec(context, builder, sig.args[0], args[0], args[1], _VEC)
     return f32x16(a, types.intp), codegen
 
 
@@ -391,12 +407,10 @@ def vdot_halves(typingctx, a, b):
     """
     if not (_contiguous_f32(a) and _contiguous_f32(b)):
         return None
-    half = ir.VectorType(ir.FloatType(), 8)
+    half = ir.VectorType(ir.FloatType(), LANES // 2)
 
     def codegen(context, builder, sig, args):
-        aarr = context.make_array(sig.args[0])(context, builder, args[0])
-        barr = context.make_array(sig.args[1])(context, builder, args[1])
-        n = builder.extract_value(aarr.shape, 0)
+        n = builder.extract_value(context.make_array(sig.args[0])(context, builder, args[0]).shape, 0)
         steps = builder.sdiv(n, ir.Constant(n.type, LANES))
         lo_p = cgutils.alloca_once_value(builder, ir.Constant(half, [0.0] * 8))
         hi_p = cgutils.alloca_once_value(builder, ir.Constant(half, [0.0] * 8))
@@ -404,24 +418,10 @@ def vdot_halves(typingctx, a, b):
             j = builder.mul(loop.index, ir.Constant(n.type, LANES))
             for acc_p, off in ((lo_p, 0), (hi_p, 8)):
                 k = builder.add(j, ir.Constant(n.type, off))
-                av = builder.load(builder.bitcast(builder.gep(aarr.data, [k]), half.as_pointer()), align=4)
-                bv = builder.load(builder.bitcast(builder.gep(barr.data, [k]), half.as_pointer()), align=4)
-                prod_sum = _llvm_fma8(builder, av, bv, builder.load(acc_p))
-                builder.store(prod_sum, acc_p)
-        x, width = builder.fadd(builder.load(lo_p), builder.load(hi_p)), 8
-        while width > 1:
-            h = width // 2
-            x = builder.fadd(_shuffle(builder, x, x, list(range(h))), _shuffle(builder, x, x, list(range(h, width))))
-            width = h
-        return builder.extract_element(x, ir.Constant(_I32, 0))
+                av, bv = (_load_vec(context, builder, sig.args[m], args[m], k, half) for m in (0, 1))
+                builder.store(_llvm_fma(builder, av, bv, builder.load(acc_p)), acc_p)
+        return _halving_sum(builder, builder.fadd(builder.load(lo_p), builder.load(hi_p)), builder.fadd)
     return types.float32(a, b), codegen
-
-
-def _llvm_fma8(builder, a, b, c):
-    if not HAS_FMA:
-        return builder.fadd(builder.fmul(a, b), c)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), "llvm.fma.v8f32")
-    return builder.call(fn, [a, b, c])
 
 
 def _interleave(half, block, width):
@@ -438,13 +438,7 @@ def _interleave(half, block, width):
 def vsum(typingctx, v):
     """The 16 lanes added in a fixed tree: lane k + lane k+8, then k + k+4, k + k+2, k + k+1."""
     def codegen(context, builder, sig, args):
-        x, width = args[0], LANES
-        while width > 1:
-            half = width // 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
-            x, width = builder.fadd(lo, hi), half
-        return builder.extract_element(x, ir.Constant(_I32, 0))
+        return _halving_sum(builder, args[0], builder.fadd)
     return types.float32(f32x16), codegen
 
 
@@ -581,6 +575,7 @@ i32x8 = I32x8()
 _I8x32 = ir.VectorType(ir.IntType(8), INT8_CHUNK)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
 _I32x8 = ir.VectorType(_I32, 8)
+_F32x8 = ir.VectorType(ir.FloatType(), 8)
 
 
 @register_model(I32x8)
@@ -613,10 +608,8 @@ def idot32(typingctx, acc, x, w, j):
     """
     def codegen(context, builder, sig, args):
         acc = args[0]
-        xv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[3]),
-                                          _I8x32.as_pointer()), align=1)
-        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], args[3]),
-                                          _I8x32.as_pointer()), align=1)
+        xv = _load_vec(context, builder, sig.args[1], args[1], args[3], _I8x32, align=1)
+        wv = _load_vec(context, builder, sig.args[2], args[2], args[3], _I8x32, align=1)
         if INT8_DOT == "sse2":
             i16x32 = ir.VectorType(ir.IntType(16), 32)
             xw, ww = builder.sext(xv, i16x32), builder.sext(wv, i16x32)
@@ -657,10 +650,8 @@ def idot32u(typingctx, acc, x, w, j):
     caller takes iwsum32's 128 * w back off, leaving exactly sum x * w.
     """
     def codegen(context, builder, sig, args):
-        xv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[3]),
-                                          _I8x32.as_pointer()), align=1)
-        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], args[3]),
-                                          _I8x32.as_pointer()), align=1)
+        xv = _load_vec(context, builder, sig.args[1], args[1], args[3], _I8x32, align=1)
+        wv = _load_vec(context, builder, sig.args[2], args[2], args[3], _I8x32, align=1)
         return _vpdpbusd(builder, args[0], builder.xor(xv, ir.Constant(_I8x32, [-128] * INT8_CHUNK)), wv)
     if INT8_DOT != "vnni" or not all(_int8_row(a) for a in (x, w)):
         return None
@@ -671,8 +662,7 @@ def idot32u(typingctx, acc, x, w, j):
 def iwsum32(typingctx, acc, w, j):
     """acc plus 128 * w[j + k], k < 32, in 8 int32 lanes (vpdpbusd; targets with VNNI): idot32u's offset."""
     def codegen(context, builder, sig, args):
-        wv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[1], args[1], args[2]),
-                                          _I8x32.as_pointer()), align=1)
+        wv = _load_vec(context, builder, sig.args[1], args[1], args[2], _I8x32, align=1)
         return _vpdpbusd(builder, args[0], ir.Constant(_I8x32, [-128] * INT8_CHUNK), wv)
     if INT8_DOT != "vnni" or not _int8_row(w):
         return None
@@ -689,13 +679,9 @@ def isub(typingctx, a, b):
 def isub_total(typingctx, a, b):
     """a minus the sum of b's eight lanes, in every lane."""
     def codegen(context, builder, sig, args):
-        x, width = args[1], 8
-        while width > 1:
-            half = width // 2
-            x = builder.add(_shuffle(builder, x, x, list(range(half))),
-                            _shuffle(builder, x, x, list(range(half, width))))
-            width = half
-        return builder.sub(args[0], _shuffle(builder, x, x, [0] * 8))
+        total = builder.insert_element(ir.Constant(_I32x8, ir.Undefined), _halving_sum(builder, args[1], builder.add),
+                                       ir.Constant(_I32, 0))
+        return builder.sub(args[0], _shuffle(builder, total, total, [0] * 8))
     return i32x8(i32x8, i32x8), codegen
 
 
@@ -738,10 +724,8 @@ def q8_accumulate(typingctx, val, s, ws, xs, g):
     time), the sum in group order as runq.c adds it.
     """
     def codegen(context, builder, sig, args):
-        f8 = ir.VectorType(ir.FloatType(), 8)
-        scales = [builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[i], args[i], args[4]),
-                                               f8.as_pointer()), align=4) for i in (2, 3)]
-        p = builder.fmul(builder.fmul(builder.sitofp(args[1], f8), scales[0]), scales[1])
+        scales = [_load_vec(context, builder, sig.args[i], args[i], args[4], _F32x8) for i in (2, 3)]
+        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), scales[0]), scales[1])
         acc = args[0]
         for k in range(8):
             acc = builder.fadd(acc, builder.extract_element(p, ir.Constant(_I32, k)))
@@ -755,7 +739,6 @@ class F32x8(types.Type):
 
 
 f32x8 = F32x8()
-_F32x8 = ir.VectorType(ir.FloatType(), 8)
 
 
 @register_model(F32x8)
@@ -777,8 +760,7 @@ def q8_lanes(typingctx, vals, s, wsg, xs, t):
     Lane k is token t + k; each lane rounds as q8_accumulate does for one token.
     """
     def codegen(context, builder, sig, args):
-        xsv = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[3], args[3], args[4]),
-                                           _F32x8.as_pointer()), align=4)
+        xsv = _load_vec(context, builder, sig.args[3], args[3], args[4], _F32x8)
         undef = ir.Constant(_F32x8, ir.Undefined)
         wsv = _shuffle(builder, builder.insert_element(undef, args[2], ir.Constant(_I32, 0)), undef, [0] * 8)
         p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
@@ -798,13 +780,7 @@ def flane8(typingctx, v, k):
 def ihsum(typingctx, v):
     """The eight int32 lanes added (exact in any order)."""
     def codegen(context, builder, sig, args):
-        x, width = args[0], 8
-        while width > 1:
-            half = width // 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
-            x, width = builder.add(lo, hi), half
-        return builder.extract_element(x, ir.Constant(_I32, 0))
+        return _halving_sum(builder, args[0], builder.add)
     return types.int32(i32x8), codegen
 
 

@@ -403,12 +403,12 @@ def _block(xout, x, w, xt, i0, i1):
             for b in range(n):
                 xout[b, i] = dot(w[i], x[b])
     elif STRICT:
-        i16 = i0 + (i1 - i0) // STRICT_ROWS * STRICT_ROWS
-        i8 = i16 + (i1 - i16) // 8 * 8
+        i_blocks = i0 + (i1 - i0) // STRICT_ROWS * STRICT_ROWS
+        i8 = i_blocks + (i1 - i_blocks) // 8 * 8
         for b in range(n):
-            for i in range(i0, i16, STRICT_ROWS):
+            for i in range(i0, i_blocks, STRICT_ROWS):
                 _rows_strict(xout[b], x[b], w, i)
-            for i in range(i16, i8, 8):
+            for i in range(i_blocks, i8, 8):
                 _rows8(xout[b], x[b], w, i)
             for i in range(i8, i1):
                 xout[b, i] = dot(w[i], x[b])
@@ -611,19 +611,20 @@ def _round_half_away(v):
     return r if v >= 0 else -r
 
 
+# the integer dot step of the target; with VNNI it sums (x + 128) * w, and the caller takes
+# iwsum32's 128 * w off again (_q8_tile once for its eight tokens)
+_idot = idot32u if INT8_DOT == "vnni" else idot32
+
+
 @inline
 def _group_lanes(xq, wq, start, gs):
     """The products of the group starting at start, summed into 8 int32 lanes (gs a multiple of INT8_CHUNK)."""
-    acc = izero()
-    if INT8_DOT == "vnni":  # sum (x + 128) * w - sum 128 * w
-        offset = izero()
-        for j in range(start, start + gs, INT8_CHUNK):
-            acc = idot32u(acc, xq, wq, j)
-            offset = iwsum32(offset, wq, j)
-        return isub(acc, offset)
+    acc, offset = izero(), izero()
     for j in range(start, start + gs, INT8_CHUNK):
-        acc = idot32(acc, xq, wq, j)
-    return acc
+        acc = _idot(acc, xq, wq, j)
+        if INT8_DOT == "vnni":
+            offset = iwsum32(offset, wq, j)
+    return isub(acc, offset)
 
 
 @inline
@@ -681,17 +682,10 @@ def _q8_tile(xout, xq, xst, wq, ws, i, t, gs):
         a0, a1, a2, a3, a4, a5, a6, a7, offset = izero(), izero(), izero(), izero(), izero(), izero(), izero(), \
             izero(), izero()
         for j in range(g * gs, g * gs + gs, INT8_CHUNK):
+            a0, a1, a2, a3 = _idot(a0, x0, w, j), _idot(a1, x1, w, j), _idot(a2, x2, w, j), _idot(a3, x3, w, j)
+            a4, a5, a6, a7 = _idot(a4, x4, w, j), _idot(a5, x5, w, j), _idot(a6, x6, w, j), _idot(a7, x7, w, j)
             if INT8_DOT == "vnni":
-                a0, a1, a2, a3 = idot32u(a0, x0, w, j), idot32u(a1, x1, w, j), idot32u(a2, x2, w, j), \
-                    idot32u(a3, x3, w, j)
-                a4, a5, a6, a7 = idot32u(a4, x4, w, j), idot32u(a5, x5, w, j), idot32u(a6, x6, w, j), \
-                    idot32u(a7, x7, w, j)
                 offset = iwsum32(offset, w, j)  # once for the eight tokens
-            else:
-                a0, a1, a2, a3 = idot32(a0, x0, w, j), idot32(a1, x1, w, j), idot32(a2, x2, w, j), \
-                    idot32(a3, x3, w, j)
-                a4, a5, a6, a7 = idot32(a4, x4, w, j), idot32(a5, x5, w, j), idot32(a6, x6, w, j), \
-                    idot32(a7, x7, w, j)
         vals = q8_lanes(vals, isub_total(ihsum8(a0, a1, a2, a3, a4, a5, a6, a7), offset), sw[g], xst[g], t)
     for k in range(Q8_TOKENS):
         xout[t + k, i] = flane8(vals, k)

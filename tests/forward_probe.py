@@ -12,11 +12,11 @@ compare modes, CPU tiers, and cold and warm JIT caches. Saved arrays:
   kv_prefill   the same after `prefill`
   batched      nine sequences decoded in lockstep, one row each per pass
   alone        the same nine sequences, each run by itself
+  profiled     `single` again with the per-kernel profile switched on
 
 The sizes reach every kernel shape of every tier: prompt tiles (24 rows and
 more), row tiles and int8 tiles (8 rows and more, with a tail), strict
 token lanes (4 rows and more).
-  profiled     `single` again with the per-kernel profile switched on
 """
 
 import os
