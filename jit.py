@@ -769,6 +769,47 @@ def q8_lanes(typingctx, vals, s, wsg, xs, t):
 
 
 @intrinsic
+def q8_rows(typingctx, vals, s, ws, i, g, xsg):
+    """vals + (float(s) * ws[i:i+8, g]) * xsg: one group's term added to each of eight weight rows' sums.
+
+    Lane k is row i + k of the weights (one token); each lane rounds as
+    q8_accumulate does for that row.
+    """
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[2])(context, builder, args[2])
+        stride = builder.extract_value(arr.shape, 1)
+        base = builder.add(builder.mul(args[3], stride), args[4])
+        wsv = ir.Constant(_F32x8, ir.Undefined)
+        for k in range(8):  # a column of the scales: eight loads a row apart
+            index = builder.add(base, builder.mul(ir.Constant(stride.type, k), stride))
+            wsv = builder.insert_element(wsv, builder.load(builder.gep(arr.data, [index])), ir.Constant(_I32, k))
+        undef = ir.Constant(_F32x8, ir.Undefined)
+        xsv = _shuffle(builder, builder.insert_element(undef, args[5], ir.Constant(_I32, 0)), undef, [0] * 8)
+        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
+        return builder.fadd(args[0], p)
+    if not (isinstance(ws, types.Array) and ws.dtype == types.float32 and ws.ndim == 2 and ws.layout == "C"):
+        return None
+    return f32x8(f32x8, i32x8, ws, types.intp, types.intp, types.float32), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, index):
+    """Ask for the cache line holding a's element at flat position index to be brought into L2.
+
+    A hint (prefetcht1): an index past the end of a never faults.
+    """
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_element_ptr(context, builder, sig.args[0], args[0], args[1]), ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    if not (isinstance(a, types.Array) and a.layout == "C"):
+        return None
+    return types.none(a, types.intp), codegen
+
+
+@intrinsic
 def flane8(typingctx, v, k):
     """Lane k of an f32x8."""
     def codegen(context, builder, sig, args):
