@@ -670,6 +670,38 @@ def iwsum32(typingctx, acc, w, j):
 
 
 @intrinsic
+def idot_tokens(typingctx, acc, xt, w, j):
+    """Lane k of acc plus sum_{q<4} x[k, j + q] * w[j + q] for eight tokens k: four columns, no horizontal sum.
+
+    xt holds the tokens' bytes interleaved by four (xt[8j + 4k + q] =
+    x[k, j + q], j a multiple of 4), so one 32-byte load has four columns of
+    eight tokens, against w[j:j+4] copied to every lane:
+      vnni: xt holds x + 128 (unsigned): vpdpbusd; the caller takes
+            128 * sum(w) off (iwsum32).
+      avx2: vpmaddubsw(|w|, x with w's sign) -> int16 pairs (no saturation
+            for values in [-127, 127]), vpmaddwd(., 1) -> int32.
+    """
+    def codegen(context, builder, sig, args):
+        acc, j = args[0], args[3]
+        xv = _load_vec(context, builder, sig.args[1], args[1], builder.mul(j, ir.Constant(j.type, 8)), _I8x32, align=1)
+        wq = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], j), _I32.as_pointer()),
+                          align=1)
+        undef = ir.Constant(_I32x8, ir.Undefined)
+        wv = builder.bitcast(_shuffle(builder, builder.insert_element(undef, wq, ir.Constant(_I32, 0)), undef,
+                                      [0] * 8), _I8x32)
+        if INT8_DOT == "vnni":
+            return _vpdpbusd(builder, acc, xv, wv)
+        wa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [wv, ir.Constant(ir.IntType(1), 0)])
+        xs = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xv, wv])
+        pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [wa, xs])
+        quads = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, [pairs, ir.Constant(_I16x16, [1] * 16)])
+        return builder.add(acc, quads)
+    if INT8_DOT not in ("vnni", "avx2") or not all(_int8_row(a) for a in (xt, w)):
+        return None
+    return i32x8(i32x8, xt, w, types.intp), codegen
+
+
+@intrinsic
 def isub(typingctx, a, b):
     """a - b, lane by lane."""
     return i32x8(i32x8, i32x8), lambda context, builder, sig, args: builder.sub(args[0], args[1])

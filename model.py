@@ -23,10 +23,11 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns,
-                 flane8, fma, fzero8, idot32, idot32u, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero, kernel,
-                 pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, row_tile_zero, rows_strict, tile_fma, tile_get,
-                 tile_muladd, tile_sums, tile_zero, vadd, vdot_halves, vfma, vlane, vload, vsplat, vsum, vzero)
+from jit import (AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, flane8,
+                 fma, fzero8, idot32, idot32u, idot_tokens, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero,
+                 kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, row_tile_zero, rows_strict, tile_fma,
+                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdot_halves, vfma, vlane, vload, vsplat, vstore,
+                 vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -86,6 +87,7 @@ RunState = namedtuple("RunState", [
     "xt",  # (max(dim, hidden_dim), rows padded) a matmul's input transposed (strict mode, many rows)
     "xq",  # (rows, max(dim, hidden_dim)) int8: the activations entering an int8 matmul
     "xs",  # (rows, max(dim, hidden_dim) // group_size) their scales (int8 models only; else empty)
+    "xqt",  # (rows // 8, max(dim, hidden_dim) * 8) int8: xq of each 8 rows interleaved by 4 columns (int8 tiles)
 ])
 
 
@@ -95,7 +97,7 @@ def run_state_bytes(p, rows, seqs, group_size=0):
     floats = (rows * (5 * p.dim + 2 * p.kv_dim + 2 * p.hidden_dim + p.n_heads * p.seq_len + p.vocab_size)
               + 2 * p.n_layers * seqs * p.seq_len * p.kv_dim + p.seq_len * p.head_size
               + width * _padded(rows) + (rows * width // group_size if group_size else 0))
-    return 4 * floats + (rows * width if group_size else 0)
+    return 4 * floats + (2 * rows * width if group_size else 0)
 
 
 def _padded(rows):
@@ -116,7 +118,8 @@ def malloc_run_state(p, rows=1, seqs=1, group_size=0):
         value_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
         rope_cos=np.zeros((p.seq_len, p.head_size // 2), f32), rope_sin=np.zeros((p.seq_len, p.head_size // 2), f32),
         xt=np.zeros((width, _padded(rows)), f32),
-        xq=np.zeros((rows, nq), np.int8), xs=np.zeros((rows, nq // group_size if group_size else 0), f32))
+        xq=np.zeros((rows, nq), np.int8), xs=np.zeros((rows, nq // group_size if group_size else 0), f32),
+        xqt=np.zeros((rows // Q8_TOKENS, nq * Q8_TOKENS), np.int8))
     rope_table(s.rope_cos, s.rope_sin)
     return s
 
@@ -539,7 +542,7 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
     """Multi-head attention: per row b and head h (kv head h // kv_mul), over positions 0..pos[b] of seq[b].
 
     Scores (q_h . k_t) / sqrt(head_size), softmax, then the weighted sum of
-    the values accumulated t by t from zero; rows and heads in parallel.
+    the values accumulated t by t from zero (_weighted_sum); rows and heads in parallel.
     """
     n_heads = att.shape[1]
     head_size = q.shape[1] // n_heads
@@ -558,16 +561,42 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
         for t in range(p + 1):
             a[t] = dot(qh, keys[t, ko:ko + head_size]) / scale
         softmax(a)
-        xh = xb[b, h * head_size:(h + 1) * head_size]
-        xh[:] = np.float32(0.0)
-        for t in range(p + 1):
-            at = a[t]
-            vt = values[t, ko:ko + head_size]
-            for i in range(head_size):
-                if STRICT:
-                    xh[i] += at * vt[i]
-                else:
-                    xh[i] = fma(at, vt[i], xh[i])
+        _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, values, ko)
+
+
+@inline
+def _weighted_sum(xh, a, values, ko):
+    """xh = sum_t a[t] * values[t, ko:ko+len(xh)], each element summed t by t from zero.
+
+    Up to ROW_TILE vectors of xh stay in registers through the loop over t:
+    xh[i] += a[t] * v[i] in place made every t wait for the previous t's
+    store. The same operations element by element (fused in fast modes).
+    """
+    hs = xh.shape[0]
+    body = hs - hs % LANES
+    for i0 in range(0, body, LANES * ROW_TILE):
+        nv = min(ROW_TILE, (body - i0) // LANES)
+        acc = row_tile_zero()
+        for t in range(a.shape[0]):
+            at = vsplat(a[t])
+            vt = values[t, ko:ko + hs]
+            for c in range(ROW_TILE):
+                if c < nv:
+                    if STRICT:
+                        acc = tile_muladd(acc, c, at, vload(vt, i0 + LANES * c))
+                    else:
+                        acc = tile_fma(acc, c, at, vload(vt, i0 + LANES * c))
+        for c in range(ROW_TILE):
+            if c < nv:
+                vstore(xh, i0 + LANES * c, tile_get(acc, c))
+    for i in range(body, hs):
+        val = np.float32(0.0)
+        for t in range(a.shape[0]):
+            if STRICT:
+                val += a[t] * values[t, ko + i]
+            else:
+                val = fma(a[t], values[t, ko + i], val)
+        xh[i] = val
 
 
 @kernel
@@ -584,22 +613,34 @@ def accum(a, b):
 # are int8 in groups of gs with one float32 scale per group. Integer sums are
 # exact in any order, so int8 gives the same bits in every fast-math mode.
 
-@kernel
-def quantize(q, s, x, gs):
-    """Per row and group: scale = max|x| / 127, q = round(x / scale) (half away from zero)."""
-    for b in range(x.shape[0]):
-        xr, qr, sr = x[b], q[b], s[b]
-        for g in range(xr.shape[0] // gs):
-            wmax = np.float32(0.0)
-            for i in range(g * gs, g * gs + gs):
-                v = abs(xr[i])
-                if v > wmax:
-                    wmax = v
-            scale = wmax / np.float32(127.0)
-            sr[g] = scale
-            for i in range(g * gs, g * gs + gs):
-                # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
-                qr[i] = np.int8(_round_half_away(xr[i] / scale)) if scale != 0 else np.int8(0)
+@pkernel
+def quantize(q, s, x, gs, serial=True):
+    """Per row and group: scale = max|x| / 127, q = round(x / scale) (half away from zero).
+
+    Rows in parallel unless serial (each row's values are the same either way).
+    """
+    if serial:
+        for b in range(x.shape[0]):
+            _quantize_row(q[b], s[b], x[b], gs)
+    else:
+        for b in prange(x.shape[0]):
+            _quantize_row(q[b], s[b], x[b], gs)
+
+
+@inline
+def _quantize_row(qr, sr, xr, gs):
+    """quantize() of one row."""
+    for g in range(xr.shape[0] // gs):
+        wmax = np.float32(0.0)
+        for i in range(g * gs, g * gs + gs):
+            v = abs(xr[i])
+            if v > wmax:
+                wmax = v
+        scale = wmax / np.float32(127.0)
+        sr[g] = scale
+        for i in range(g * gs, g * gs + gs):
+            # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
+            qr[i] = np.int8(_round_half_away(xr[i] / scale)) if scale != 0 else np.int8(0)
 
 
 @inline
@@ -667,8 +708,35 @@ Q8_TOKENS = 8  # tokens per int8 tile: one weight row against eight, each token 
 
 
 @inline
-def _q8_tile(xout, xq, xst, wq, ws, i, t, gs):
-    """xout[t:t+8, i] = _dot_q8 of weight row i with tokens t..t+7, the row's bytes loaded once for all eight.
+def _q8_tile(xout, xqt, xst, wq, ws, i, t, gs):
+    """xout[t:t+8, i] = _dot_q8 of weight row i with tokens t..t+7: token k is lane k all the way.
+
+    xqt[t // 8] has the eight tokens' bytes interleaved by four columns, so
+    each step multiplies four columns of the eight tokens by the same four
+    weights copied to every lane (idot_tokens): a group's integer sums come
+    out one per lane with no horizontal sum. Token k's float sum adds
+    (float(sum) * ws[i, g]) * xs[t + k, g] in group order: _dot_q8's bits.
+    xst is xs transposed (xst[g, b] = xs[b, g]), so a group's eight scales
+    are one load.
+    """
+    w, sw, xt = wq[i], ws[i], xqt[t // Q8_TOKENS]
+    vals = fzero8()
+    for g in range(sw.shape[0]):
+        acc, offset = izero(), izero()
+        for j in range(g * gs, g * gs + gs, 4):
+            acc = idot_tokens(acc, xt, w, j)
+        if INT8_DOT == "vnni":  # the tokens were offset by 128: take 128 * sum(w) off
+            for j in range(g * gs, g * gs + gs, INT8_CHUNK):
+                offset = iwsum32(offset, w, j)
+            acc = isub_total(acc, offset)
+        vals = q8_lanes(vals, acc, sw[g], xst[g], t)
+    for k in range(Q8_TOKENS):
+        xout[t + k, i] = flane8(vals, k)
+
+
+@inline
+def _q8_tile_sse2(xout, xq, xst, wq, ws, i, t, gs):
+    """_q8_tile where the target has neither VNNI nor AVX2: the row's bytes loaded once for all eight tokens.
 
     Token k's integer sums are lane k after ihsum8, and its float sum adds
     (float(sum) * ws[i, g]) * xs[t + k, g] in group order: _dot_q8's bits.
@@ -726,7 +794,7 @@ def _q8_rows(xout, xq, xs, wq, ws, i, b, gs):
 
 
 @inline
-def _block_q8(xout, xq, xs, xst, wq, ws, i0, i1):
+def _block_q8(xout, xq, xs, xst, xqt, wq, ws, i0, i1):
     """Rows i0 <= i < i1 of the int8 matmul for every row of the batch (a weight row stays in cache meanwhile)."""
     gs = wq.shape[1] // ws.shape[1]
     n = xout.shape[0]
@@ -740,22 +808,42 @@ def _block_q8(xout, xq, xs, xst, wq, ws, i0, i1):
     for i in range(i0, i1):
         if INT8_DOT != "portable":  # a constant: the portable build never types the tile
             for t in range(0, t_tiled, Q8_TOKENS):
-                _q8_tile(xout, xq, xst, wq, ws, i, t, gs)
+                if INT8_DOT == "sse2":
+                    _q8_tile_sse2(xout, xq, xst, wq, ws, i, t, gs)
+                else:
+                    _q8_tile(xout, xqt, xst, wq, ws, i, t, gs)
         for b in range(n if i < i_rows else t_tiled, n):
             xout[b, i] = _dot_q8(xq[b], xs[b], wq[i], ws[i], gs)
 
 
+@inline
+def _interleave(xqt, xq, tile):
+    """xqt[tile] = rows 8 tile .. 8 tile + 7 of xq interleaved by four columns (plus 128 for VNNI)."""
+    flip = np.int32(-2139062144) if INT8_DOT == "vnni" else np.int32(0)  # 0x80808080: x ^ 0x80 = x + 128, unsigned
+    x32, t32 = xq.view(np.int32), xqt[tile].view(np.int32)  # four columns at a time
+    for j in range(x32.shape[1]):
+        for k in range(Q8_TOKENS):
+            t32[Q8_TOKENS * j + k] = x32[tile * Q8_TOKENS + k, j] ^ flip
+
+
 @pkernel
-def matmuls_q8(xq, xs, xst, o1, w1, o2, w2, o3, w3, serial):
+def matmuls_q8(xq, xs, xst, xqt, o1, w1, o2, w2, o3, w3, serial):
     """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs.
 
-    xst (at least (groups, rows)) receives xs transposed when the batch has
-    a tile's worth of rows.
+    When the batch has a tile's worth of rows, xst (at least (groups, rows))
+    receives xs transposed and xqt (at least (rows // 8, 8 * cols)) the
+    bytes of each 8 rows interleaved by 4 columns, offset by 128 for VNNI.
     """
     if xq.shape[0] >= Q8_TOKENS:
         for b in range(xs.shape[0]):
             for g in range(w1[1].shape[1]):
                 xst[g, b] = xs[b, g]
+        if INT8_DOT in ("vnni", "avx2") and serial:
+            for tile in range(xq.shape[0] // Q8_TOKENS):
+                _interleave(xqt, xq, tile)
+        elif INT8_DOT in ("vnni", "avx2"):
+            for tile in prange(xq.shape[0] // Q8_TOKENS):
+                _interleave(xqt, xq, tile)
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
@@ -766,7 +854,7 @@ def matmuls_q8(xq, xs, xst, o1, w1, o2, w2, o3, w3, serial):
                 out, w, c = o3, w3, b - n1 - n2
             elif b >= n1:
                 out, w, c = o2, w2, b - n1
-            _block_q8(out, xq, xs, xst, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+            _block_q8(out, xq, xs, xst, xqt, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
         return
     for b in prange(n1 + n2 + n3):
         out, w, c = o1, w1, b
@@ -774,7 +862,7 @@ def matmuls_q8(xq, xs, xst, o1, w1, o2, w2, o3, w3, serial):
             out, w, c = o3, w3, b - n1 - n2
         elif b >= n1:
             out, w, c = o2, w2, b - n1
-        _block_q8(out, xq, xs, xst, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+        _block_q8(out, xq, xs, xst, xqt, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
 
 
 # The forward pass is written once for both weight formats: `project`
@@ -801,14 +889,14 @@ def _project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
 
     def q8(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
         xq, xs = s.xq[:x.shape[0]], s.xs[:x.shape[0]]  # full-width rows, so each stays contiguous
-        quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1])
+        quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1], serial or x.shape[0] < Q8_TOKENS)
         none = (w1[0][:0], w1[1][:0])
         if o2 is None:
-            matmuls_q8(xq, xs, s.xt, o1, w1, o1, none, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o1, none, o1, none, serial)
         elif o3 is None:
-            matmuls_q8(xq, xs, s.xt, o1, w1, o2, w2, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o2, w2, o1, none, serial)
         else:
-            matmuls_q8(xq, xs, s.xt, o1, w1, o2, w2, o3, w3, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o2, w2, o3, w3, serial)
     return q8
 
 

@@ -42,7 +42,8 @@ def test_int8_matmul_equals_reference_bit_for_bit(rows, cols, gs):
     xq, xs = quantize_q8(x, gs)
     out = np.zeros((1, rows), F)
     none = (wq[:0], ws[:0])
-    model.matmuls_q8(xq[None], xs[None], np.zeros((cols, 16), F), out, (wq, ws), out, none, out, none, False)
+    model.matmuls_q8(xq[None], xs[None], np.zeros((cols, 16), F), np.zeros((0, 8 * cols), np.int8),
+                     out, (wq, ws), out, none, out, none, False)
     want = matmul_q8(xq, xs, wq, ws, gs)
     assert np.array_equal(out[0].view(np.int32), want.view(np.int32))
 
@@ -146,7 +147,8 @@ for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128)]
     model.quantize(xq, xs, x, gs)
     out = np.zeros((n, rows), np.float32)
     none = (wq[:0], ws[:0])
-    model.matmuls_q8(xq, xs, np.zeros((cols, 16), np.float32), out, (wq, ws), out, none, out, none, False)
+    model.matmuls_q8(xq, xs, np.zeros((cols, 16), np.float32), np.zeros((n // 8, 8 * cols), np.int8),
+                     out, (wq, ws), out, none, out, none, False)
     for b in range(n):
         want = matmul_q8(xq[b], xs[b], wq, ws, gs)
         assert np.array_equal(out[b].view(np.int32), want.view(np.int32)), (gs, b)
