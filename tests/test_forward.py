@@ -57,6 +57,36 @@ def test_strict_kernels_equal_scalar_float32_reference_bit_for_bit(tmp_path):
         assert differ == 0
 
 
+@pytest.mark.parametrize("head_size", [8, 16, 40, 48, 144, 272])
+def test_attention_value_sum_is_each_elements_sum_over_positions(head_size):
+    """Every path of attention's weighted sum of values (tail only, a few vectors carried in registers,
+    more vectors than one register tile holds) against C's loop xh[i] += a[t] * v[t, i]."""
+    import jit
+    import numba
+
+    @numba.njit
+    def weighted_sum(xh, a, values, ko):
+        model._weighted_sum(xh, a, values, ko)
+
+    rng = np.random.default_rng(head_size)
+    n, ko = 37, 8  # the head starts 8 floats into each cached row, as head 1 of a head_size-8 model would
+    a = rng.random(n).astype(np.float32)
+    values = rng.standard_normal((n, ko + head_size + 5)).astype(np.float32)
+    xh = np.full(head_size, np.nan, np.float32)
+    weighted_sum(xh, a, values, ko)
+    want = np.zeros(head_size, np.float32)
+    for t in range(n):  # float32 arrays: each product and each sum rounded, as C's loop
+        want = want + a[t] * values[t, ko:ko + head_size]
+    if jit.STRICT:
+        differ = int(np.sum(xh.view(np.int32) != want.view(np.int32)))
+        print(f"head_size {head_size}: {differ} of {head_size} sums differ in any bit")
+        assert differ == 0
+    else:  # fused multiply-adds round once per step
+        worst = float(np.max(np.abs(xh - want)) / np.max(np.abs(want)))
+        print(f"head_size {head_size}: maxdiff {worst:.2e}", "OK" if worst < 1e-5 else "NOT OK")
+        assert worst < 1e-5
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_v0_and_v1_files_of_the_same_weights_give_identical_logits(tmp_path, shared):
     w = random_weights(*SHAPES["gqa"], shared=shared, seed=11)
