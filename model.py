@@ -735,6 +735,24 @@ def _q8_tile(xout, xqt, xst, wq, ws, i, t, gs):
 
 
 @inline
+def _group_sums8(u0, u1, u2, u3, u4, u5, u6, u7, v, start, gs):
+    """Lane k = sum_j u_k[j] * v[j] over the group of gs bytes at start, exact in int32: eight byte rows against
+    one (eight tokens against a weight row, or eight weight rows against a token).
+
+    With VNNI each step sums (u_k + 128) * v, and 128 * sum(v), once for the
+    eight, is taken off at the end.
+    """
+    a0, a1, a2, a3, a4, a5, a6, a7, offset = izero(), izero(), izero(), izero(), izero(), izero(), izero(), izero(), \
+        izero()
+    for j in range(start, start + gs, INT8_CHUNK):
+        a0, a1, a2, a3 = _idot(a0, u0, v, j), _idot(a1, u1, v, j), _idot(a2, u2, v, j), _idot(a3, u3, v, j)
+        a4, a5, a6, a7 = _idot(a4, u4, v, j), _idot(a5, u5, v, j), _idot(a6, u6, v, j), _idot(a7, u7, v, j)
+        if INT8_DOT == "vnni":
+            offset = iwsum32(offset, v, j)
+    return isub_total(ihsum8(a0, a1, a2, a3, a4, a5, a6, a7), offset)
+
+
+@inline
 def _q8_tile_sse2(xout, xq, xst, wq, ws, i, t, gs):
     """_q8_tile where the target has neither VNNI nor AVX2: the row's bytes loaded once for all eight tokens.
 
@@ -747,14 +765,7 @@ def _q8_tile_sse2(xout, xq, xst, wq, ws, i, t, gs):
     x0, x1, x2, x3, x4, x5, x6, x7 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3], xq[t + 4], xq[t + 5], xq[t + 6], xq[t + 7]
     vals = fzero8()
     for g in range(sw.shape[0]):
-        a0, a1, a2, a3, a4, a5, a6, a7, offset = izero(), izero(), izero(), izero(), izero(), izero(), izero(), \
-            izero(), izero()
-        for j in range(g * gs, g * gs + gs, INT8_CHUNK):
-            a0, a1, a2, a3 = _idot(a0, x0, w, j), _idot(a1, x1, w, j), _idot(a2, x2, w, j), _idot(a3, x3, w, j)
-            a4, a5, a6, a7 = _idot(a4, x4, w, j), _idot(a5, x5, w, j), _idot(a6, x6, w, j), _idot(a7, x7, w, j)
-            if INT8_DOT == "vnni":
-                offset = iwsum32(offset, w, j)  # once for the eight tokens
-        vals = q8_lanes(vals, isub_total(ihsum8(a0, a1, a2, a3, a4, a5, a6, a7), offset), sw[g], xst[g], t)
+        vals = q8_lanes(vals, _group_sums8(x0, x1, x2, x3, x4, x5, x6, x7, w, g * gs, gs), sw[g], xst[g], t)
     for k in range(Q8_TOKENS):
         xout[t + k, i] = flane8(vals, k)
 
@@ -766,9 +777,8 @@ Q8_ROWS = 8  # weight rows per one-token int8 tile, each row a lane of the float
 def _q8_rows(xout, xq, xs, wq, ws, i, b, gs):
     """xout[b, i:i+8] = _dot_q8 of token b with weight rows i..i+7, the token's bytes loaded once for all eight.
 
-    _q8_tile with the roles swapped: the rows' bytes are the ones offset by
-    128, so the offset to take off is 128 * sum(x), the same for the eight
-    rows. Row k's integer sums are lane k after ihsum8 and its float sum adds
+    Row k's integer group sums are lane k of _group_sums8 (the eight rows
+    against the token's bytes), and its float sum adds
     (float(sum) * ws[i + k, g]) * xs[b, g] in group order: _dot_q8's bits,
     with the eight rows' float sums as the lanes of one vector.
     """
@@ -776,19 +786,13 @@ def _q8_rows(xout, xq, xs, wq, ws, i, b, gs):
     w0, w1, w2, w3, w4, w5, w6, w7 = wq[i], wq[i + 1], wq[i + 2], wq[i + 3], wq[i + 4], wq[i + 5], wq[i + 6], wq[i + 7]
     vals = fzero8()
     for g in range(ws.shape[1]):
-        a0, a1, a2, a3, a4, a5, a6, a7, offset = izero(), izero(), izero(), izero(), izero(), izero(), izero(), \
-            izero(), izero()
-        for j in range(g * gs, g * gs + gs, INT8_CHUNK):
-            a0, a1, a2, a3 = _idot(a0, w0, x, j), _idot(a1, w1, x, j), _idot(a2, w2, x, j), _idot(a3, w3, x, j)
-            a4, a5, a6, a7 = _idot(a4, w4, x, j), _idot(a5, w5, x, j), _idot(a6, w6, x, j), _idot(a7, w7, x, j)
-            if INT8_DOT == "vnni":
-                offset = iwsum32(offset, x, j)
+        sums = _group_sums8(w0, w1, w2, w3, w4, w5, w6, w7, x, g * gs, gs)
         # eight rows read side by side are eight short streams that the hardware prefetcher does not
         # follow: ask for the next tile's lines of this group into L2 (768 x 768 from DRAM, one thread:
         # 20 GB/s, 10 without; into L1 also 10). Past the last row it is a hint, never a fault.
         for k in range(Q8_ROWS):
             prefetch(wq, (i + Q8_ROWS + k) * wq.shape[1] + g * gs)
-        vals = q8_rows(vals, isub_total(ihsum8(a0, a1, a2, a3, a4, a5, a6, a7), offset), ws, i, g, xs[b, g])
+        vals = q8_rows(vals, sums, ws, i, g, xs[b, g])
     for k in range(Q8_ROWS):
         xout[b, i + k] = flane8(vals, k)
 
