@@ -271,6 +271,13 @@ def _halving_sum(builder, x, add):
     return builder.extract_element(x, ir.Constant(_I32, 0))
 
 
+def _splat(builder, value, lanes):
+    """A vector of `lanes` copies of the scalar value."""
+    undef = ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined)
+    first = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+
+
 @intrinsic
 def vzero(typingctx):
     """(0, ..., 0)."""
@@ -281,9 +288,7 @@ def vzero(typingctx):
 def vsplat(typingctx, value):
     """(value, ..., value) of a float32."""
     def codegen(context, builder, sig, args):
-        undef = ir.Constant(_VEC, ir.Undefined)
-        first = builder.insert_element(undef, args[0], ir.Constant(_I32, 0))
-        return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+        return _splat(builder, args[0], LANES)
     return f32x16(types.float32), codegen
 
 
@@ -365,8 +370,6 @@ def rows_strict(typingctx, xout, w, i, x):
         blocks = builder.sdiv(ncols, ir.Constant(ncols.type, width))
         xdata = context.make_array(sig.args[3])(context, builder, x_a).data
         accp = cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * width))
-        undef = ir.Constant(vec, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(_I32, width), [0] * width)
         with cgutils.for_range(builder, blocks) as loop:
             j = builder.mul(loop.index, ir.Constant(ncols.type, width))
             rows = []
@@ -386,8 +389,7 @@ def rows_strict(typingctx, xout, w, i, x):
             acc = builder.load(accp)
             for c in range(width):
                 xc = builder.load(builder.gep(xdata, [builder.add(j, ir.Constant(j.type, c))]))
-                xv = builder.shuffle_vector(builder.insert_element(undef, xc, ir.Constant(_I32, 0)), undef, splat)
-                acc = builder.fadd(acc, builder.fmul(rows[c], xv))
+                acc = builder.fadd(acc, builder.fmul(rows[c], _splat(builder, xc, width)))
             builder.store(acc, accp)
         out_ptr = _element_ptr(context, builder, sig.args[0], out_a, i)
         builder.store(builder.load(accp), builder.bitcast(out_ptr, vec.as_pointer()), align=4)
@@ -686,9 +688,7 @@ def idot_tokens(typingctx, acc, xt, w, j):
         xv = _load_vec(context, builder, sig.args[1], args[1], builder.mul(j, ir.Constant(j.type, 8)), _I8x32, align=1)
         wq = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], j), _I32.as_pointer()),
                           align=1)
-        undef = ir.Constant(_I32x8, ir.Undefined)
-        wv = builder.bitcast(_shuffle(builder, builder.insert_element(undef, wq, ir.Constant(_I32, 0)), undef,
-                                      [0] * 8), _I8x32)
+        wv = builder.bitcast(_splat(builder, wq, 8), _I8x32)
         if INT8_DOT == "vnni":
             return _vpdpbusd(builder, acc, xv, wv)
         wa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [wv, ir.Constant(ir.IntType(1), 0)])
@@ -711,9 +711,7 @@ def isub(typingctx, a, b):
 def isub_total(typingctx, a, b):
     """a minus the sum of b's eight lanes, in every lane."""
     def codegen(context, builder, sig, args):
-        total = builder.insert_element(ir.Constant(_I32x8, ir.Undefined), _halving_sum(builder, args[1], builder.add),
-                                       ir.Constant(_I32, 0))
-        return builder.sub(args[0], _shuffle(builder, total, total, [0] * 8))
+        return builder.sub(args[0], _splat(builder, _halving_sum(builder, args[1], builder.add), 8))
     return i32x8(i32x8, i32x8), codegen
 
 
@@ -748,6 +746,11 @@ def ilane(typingctx, v, k):
     return types.int32(i32x8, types.intp), codegen
 
 
+def _q8_terms(builder, s, ws, xs):
+    """(float(s) * ws) * xs lane by lane: runq.c's term of one group, its two roundings in its order."""
+    return builder.fmul(builder.fmul(builder.sitofp(s, _F32x8), ws), xs)
+
+
 @intrinsic
 def q8_accumulate(typingctx, val, s, ws, xs, g):
     """val + p[0] + p[1] + ... + p[7] in that order, p[k] = (float(s[k]) * ws[g + k]) * xs[g + k].
@@ -756,8 +759,8 @@ def q8_accumulate(typingctx, val, s, ws, xs, g):
     time), the sum in group order as runq.c adds it.
     """
     def codegen(context, builder, sig, args):
-        scales = [_load_vec(context, builder, sig.args[i], args[i], args[4], _F32x8) for i in (2, 3)]
-        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), scales[0]), scales[1])
+        p = _q8_terms(builder, args[1], *(_load_vec(context, builder, sig.args[i], args[i], args[4], _F32x8)
+                                          for i in (2, 3)))
         acc = args[0]
         for k in range(8):
             acc = builder.fadd(acc, builder.extract_element(p, ir.Constant(_I32, k)))
@@ -793,10 +796,7 @@ def q8_lanes(typingctx, vals, s, wsg, xs, t):
     """
     def codegen(context, builder, sig, args):
         xsv = _load_vec(context, builder, sig.args[3], args[3], args[4], _F32x8)
-        undef = ir.Constant(_F32x8, ir.Undefined)
-        wsv = _shuffle(builder, builder.insert_element(undef, args[2], ir.Constant(_I32, 0)), undef, [0] * 8)
-        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
-        return builder.fadd(args[0], p)
+        return builder.fadd(args[0], _q8_terms(builder, args[1], _splat(builder, args[2], 8), xsv))
     return f32x8(f32x8, i32x8, types.float32, xs, types.intp), codegen
 
 
@@ -815,10 +815,7 @@ def q8_rows(typingctx, vals, s, ws, i, g, xsg):
         for k in range(8):  # a column of the scales: eight loads a row apart
             index = builder.add(base, builder.mul(ir.Constant(stride.type, k), stride))
             wsv = builder.insert_element(wsv, builder.load(builder.gep(arr.data, [index])), ir.Constant(_I32, k))
-        undef = ir.Constant(_F32x8, ir.Undefined)
-        xsv = _shuffle(builder, builder.insert_element(undef, args[5], ir.Constant(_I32, 0)), undef, [0] * 8)
-        p = builder.fmul(builder.fmul(builder.sitofp(args[1], _F32x8), wsv), xsv)
-        return builder.fadd(args[0], p)
+        return builder.fadd(args[0], _q8_terms(builder, args[1], wsv, _splat(builder, args[5], 8)))
     if not (isinstance(ws, types.Array) and ws.dtype == types.float32 and ws.ndim == 2 and ws.layout == "C"):
         return None
     return f32x8(f32x8, i32x8, ws, types.intp, types.intp, types.float32), codegen

@@ -821,11 +821,12 @@ def _block_q8(xout, xq, xs, xst, xqt, wq, ws, i0, i1):
 
 
 @inline
-def _interleave(xqt, xq, tile):
-    """xqt[tile] = rows 8 tile .. 8 tile + 7 of xq interleaved by four columns (plus 128 for VNNI)."""
+def _interleave_tile(xqt, xq, tile, cols):
+    """xqt[tile] = the first cols columns of rows 8 tile .. 8 tile + 7 of xq, interleaved by four (plus 128 for
+    VNNI)."""
     flip = np.int32(-2139062144) if INT8_DOT == "vnni" else np.int32(0)  # 0x80808080: x ^ 0x80 = x + 128, unsigned
     x32, t32 = xq.view(np.int32), xqt[tile].view(np.int32)  # four columns at a time
-    for j in range(x32.shape[1]):
+    for j in range(cols // 4):
         for k in range(Q8_TOKENS):
             t32[Q8_TOKENS * j + k] = x32[tile * Q8_TOKENS + k, j] ^ flip
 
@@ -838,16 +839,18 @@ def matmuls_q8(xq, xs, xst, xqt, o1, w1, o2, w2, o3, w3, serial):
     receives xs transposed and xqt (at least (rows // 8, 8 * cols)) the
     bytes of each 8 rows interleaved by 4 columns, offset by 128 for VNNI.
     """
+    cols = w1[0].shape[1]  # xq's rows may be wider than this matmul's input
     if xq.shape[0] >= Q8_TOKENS:
         for b in range(xs.shape[0]):
             for g in range(w1[1].shape[1]):
                 xst[g, b] = xs[b, g]
-        if INT8_DOT in ("vnni", "avx2") and serial:
+        interleave = INT8_DOT in ("vnni", "avx2") and (cols // w1[1].shape[1]) % INT8_CHUNK == 0  # what _q8_tile reads
+        if interleave and serial:
             for tile in range(xq.shape[0] // Q8_TOKENS):
-                _interleave(xqt, xq, tile)
-        elif INT8_DOT in ("vnni", "avx2"):
+                _interleave_tile(xqt, xq, tile, cols)
+        elif interleave:
             for tile in prange(xq.shape[0] // Q8_TOKENS):
-                _interleave(xqt, xq, tile)
+                _interleave_tile(xqt, xq, tile, cols)
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
