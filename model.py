@@ -507,6 +507,15 @@ def rope_table(fcr, fci):
             fci[pos, j] = np.sin(val)
 
 
+@inline
+def rotate_pair(dst, src, i, c, sn):
+    """(dst[i], dst[i+1]) = (src[i] c - src[i+1] sn, src[i] sn + src[i+1] c): run.c's RoPE step."""
+    v0 = src[i]
+    v1 = src[i + 1]
+    dst[i] = v0 * c - v1 * sn
+    dst[i + 1] = v0 * sn + v1 * c
+
+
 @kernel
 def rope(q, k, fcr, fci, pos):
     """Rotate each pair (i, i+1) of q[b], and of k[b] while i < kv_dim, by the angles of position pos[b]."""
@@ -516,17 +525,9 @@ def rope(q, k, fcr, fci, pos):
         qb, kb = q[b], k[b]
         for i in range(0, qb.shape[0], 2):
             j = (i % head_size) // 2
-            c = c_row[j]
-            sn = s_row[j]
-            q0 = qb[i]
-            q1 = qb[i + 1]
-            qb[i] = q0 * c - q1 * sn
-            qb[i + 1] = q0 * sn + q1 * c
+            rotate_pair(qb, qb, i, c_row[j], s_row[j])
             if i < kb.shape[0]:
-                k0 = kb[i]
-                k1 = kb[i + 1]
-                kb[i] = k0 * c - k1 * sn
-                kb[i + 1] = k0 * sn + k1 * c
+                rotate_pair(kb, kb, i, c_row[j], s_row[j])
 
 
 @kernel
@@ -996,6 +997,28 @@ def forward(p, w, s, token, pos, seq, want, prof, serial):
 
 
 @kernel
+def shift_cache(key_cache, value_cache, fcr, fci, seq, keep, drop, length):
+    """Positions keep+drop..length-1 of sequence seq move down by drop, in every layer (the K-shift).
+
+    A key cached at position p was rotated by p * freq; rotating it back by
+    drop * freq (position drop's angles, with the sine negated) files it at
+    p - drop without running the model again. Not exact, unlike re-encoding:
+    the keys and values of layers past the first still carry what the dropped
+    tokens contributed, and two rotations round differently from one.
+    """
+    head_size = 2 * fcr.shape[1]
+    c_row, s_row = fcr[drop], fci[drop]
+    for l in range(key_cache.shape[0]):
+        keys, values = key_cache[l, seq], value_cache[l, seq]
+        for p in range(keep + drop, length):
+            src, dst = keys[p], keys[p - drop]
+            for i in range(0, src.shape[0], 2):
+                j = (i % head_size) // 2
+                rotate_pair(dst, src, i, c_row[j], -s_row[j])  # negating is exact
+            values[p - drop] = values[p]
+
+
+@kernel
 def copy_sequence(key_cache, value_cache, src, dst, length):
     """Positions 0..length-1 of sequence src's cache into sequence dst's, every layer."""
     for l in range(key_cache.shape[0]):
@@ -1185,6 +1208,11 @@ class Transformer:
             elif len(out):
                 last = out[-1]
         return last
+
+    def shift_cache(self, seq, keep, drop, length):
+        """Drop positions keep..keep+drop-1 of sequence seq: later ones move down, keys rotated to match."""
+        s = self.state
+        shift_cache(s.key_cache, s.value_cache, s.rope_cos, s.rope_sin, seq, keep, drop, length)
 
     def copy_sequence(self, src, dst, length):
         """Make sequence dst's first `length` positions those of sequence src."""

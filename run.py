@@ -4,7 +4,7 @@
     python run.py [model.bin] [-t temperature] [-p topp] [-s seed] [-n steps]
                   [-i prompt] [-z tokenizer] [-m generate|chat] [-y system_prompt]
                   [--fastmath | --no-fastmath] [--threads N] [--profile] [--eval FILE]
-                  [--context-shift] [--keep N]
+                  [--context-shift[=kshift]] [--keep N]
 
 With --no-fastmath, stdout is byte-identical to llama2.c's run.c (runq.c for
 int8 checkpoints) built with gcc -O3.
@@ -54,9 +54,11 @@ Options:
   --eval <file>
               print the model's average negative log-likelihood and perplexity
               on a text file (teacher-forced, windows of seq_len tokens)
-  --context-shift
+  --context-shift[=reencode|kshift]
               let -n go beyond seq_len: when the context is full, keep the
               first --keep tokens, drop the oldest half of the rest, re-encode
+              what is left (exact, the default) or move the cache and rotate
+              its keys (kshift: llama.cpp's K-shift, no pause, not exact)
   --keep <int>
               tokens kept at a context shift (default: BOS and the prompt, or
               the chat's system prompt, at most half the context)
@@ -159,7 +161,12 @@ def parse_args(argv):
         elif a == "--no-mmap":
             o["mmap"] = False
         elif a == "--context-shift":
-            o["context_shift"] = True
+            o["context_shift"] = "reencode"
+        elif a.startswith("--context-shift="):
+            v = a.split("=", 1)[1]
+            if v not in ("reencode", "kshift"):
+                raise UsageError(f"--context-shift={v}: expected reencode or kshift")
+            o["context_shift"] = v
         elif a == "--utf8":
             o["utf8"] = True
         elif a == "--jsonl":
@@ -457,7 +464,9 @@ class Context:
     feed() runs tokens through the model at the next positions. With
     `shift`, a full context keeps its first `keep` tokens, drops the oldest
     half of the rest and re-encodes what is left (a fresh run on the kept
-    window: bit-identical state in strict mode), then goes on.
+    window: bit-identical state in strict mode), then goes on. shift="kshift"
+    moves the kept part of the cache down instead, rotating its keys by the
+    position delta: llama.cpp's K-shift, no forward pass, not exact.
     """
 
     def __init__(self, transformer, seq=0, shift=False, keep=1):
@@ -476,10 +485,15 @@ class Context:
     def make_room(self):
         keep = min(self.keep, self.seq_len // 2)
         rest = self.tokens[keep:]
-        kept = self.tokens[:keep] + rest[len(rest) // 2:]
+        drop = len(rest) // 2
+        kept = self.tokens[:keep] + rest[drop:]
         t0 = time.perf_counter()
-        self.tokens = []
-        self.feed(kept, logits=None)
+        if self.shift == "kshift":
+            self.t.shift_cache(self.seq, keep, drop, self.pos)
+            self.tokens = kept
+        else:
+            self.tokens = []
+            self.feed(kept, logits=None)
         self.shifts.append(time.perf_counter() - t0)
 
     def feed(self, tokens, logits="last", on_logits=None):
@@ -1004,7 +1018,7 @@ def evaluate(transformer, tokenizer, text, progress=True, shift=False, keep=1):
                   file=sys.stderr, flush=True)
 
     if shift:
-        Context(transformer, 0, True, keep).feed(tokens[:-1], logits="all", on_logits=score)
+        Context(transformer, 0, shift, keep).feed(tokens[:-1], logits="all", on_logits=score)
     else:
         for start in range(0, n, seq):
             window = tokens[start:start + min(seq, n - start)]

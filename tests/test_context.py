@@ -1,4 +1,5 @@
-"""Generation past seq_len: --context-shift keeps the first tokens, drops the oldest half of the rest, re-encodes."""
+"""Generation past seq_len: --context-shift keeps the first tokens, drops the oldest half of the rest, re-encodes
+(or with =kshift moves the cache down and rotates its keys)."""
 
 import os
 import re
@@ -40,6 +41,56 @@ def test_after_a_shift_the_logits_are_those_of_a_fresh_run_on_the_kept_tokens(fi
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
+def _rotate64(keys, angle_pos, head_size):
+    """Each pair (i, i+1) of every row rotated by -angle_pos * freq(i), in float64."""
+    out = keys.astype(np.float64)
+    i = np.arange(0, keys.shape[-1], 2)
+    freq = 1.0 / 10000.0 ** ((i % head_size) / head_size)
+    c, s = np.cos(angle_pos * freq), np.sin(angle_pos * freq)
+    k0, k1 = out[..., 0::2].copy(), out[..., 1::2].copy()
+    out[..., 0::2] = k0 * c + k1 * s
+    out[..., 1::2] = k1 * c - k0 * s
+    return out
+
+
+def test_kshift_moves_the_kept_cache_down_and_rotates_its_keys_by_the_delta(files):
+    t = model.Transformer(files["model"], rows=5)
+    ctx = run.Context(t, 0, shift="kshift", keep=3)
+    tokens = [(5 * i + 2) % VOCAB for i in range(16)]
+    ctx.feed(tokens, logits=None)
+    before_k, before_v = t.state.key_cache.copy(), t.state.value_cache.copy()
+    ctx.make_room()
+    drop = 13 // 2
+    assert ctx.tokens == tokens[:3] + tokens[3 + drop:] and ctx.pos == 16 - drop
+    k, v = t.state.key_cache[:, 0], t.state.value_cache[:, 0]
+    assert np.array_equal(k[:, :3], before_k[:, 0, :3]) and np.array_equal(v[:, :3], before_v[:, 0, :3])
+    assert np.array_equal(v[:, 3:16 - drop], before_v[:, 0, 3 + drop:16])
+    want = _rotate64(before_k[:, 0, 3 + drop:16], drop, t.config.head_size)
+    maxdiff = float(np.max(np.abs(k[:, 3:16 - drop] - want)))
+    print(f"kshift keys vs float64 rotation: maxdiff {maxdiff:.2e}")
+    assert maxdiff < 1e-5 * max(1.0, float(np.max(np.abs(want))))
+
+
+@pytest.mark.parametrize("kind", ["model", "q8"])
+def test_with_one_layer_kshift_gives_the_cache_of_a_fresh_run_up_to_rounding(tmp_path, kind):
+    """One layer's keys and values depend on the token and its position only, so there the K-shift loses nothing."""
+    w = random_weights(32, 64, 1, 4, 2, VOCAB, 16, shared=False, seed=23, scale=0.3)
+    path = str(write_checkpoint(tmp_path / "m.bin", w, **({"version": 2, "group_size": 32} if kind == "q8" else {})))
+    tokens = [(11 * i + 4) % VOCAB for i in range(16)]
+    shifted, fresh = model.Transformer(path, rows=5), model.Transformer(path, rows=5)
+    ctx = run.Context(shifted, 0, shift="kshift", keep=2)
+    ctx.feed(tokens, logits=None)
+    got = ctx.step(9).copy()  # shift, then one more token
+    fresh.prefill(ctx.tokens[:-1], 0, logits=None)
+    want = fresh.forward(9, len(ctx.tokens) - 1)
+    n = len(ctx.tokens)
+    assert np.array_equal(shifted.state.value_cache[:, 0, :n], fresh.state.value_cache[:, 0, :n])
+    kdiff = float(np.max(np.abs(shifted.state.key_cache[:, 0, :n] - fresh.state.key_cache[:, 0, :n])))
+    ldiff = float(np.max(np.abs(got - want)))
+    print(f"one layer, kshift vs fresh: keys maxdiff {kdiff:.2e}, logits maxdiff {ldiff:.2e}")
+    assert kdiff < 1e-5 and ldiff < 1e-4
+
+
 def _profile(path):
     import json
     with open(path) as f:
@@ -74,16 +125,20 @@ def expected_shifts(positions, seq_len, keep):
 
 
 @pytest.mark.parametrize("kind", ["model", "q8"])
-def test_generation_goes_past_seq_len_through_every_shift(files, kind, tmp_path):
-    r = subprocess.run([sys.executable, RUN, files[kind], "-z", files["tok"], "-n", "100", "-s", "3",
-                        "--context-shift", "--keep", "2", "-i", "the dog", f"--profile=json={tmp_path / 'p.json'}"],
-                       capture_output=True)
-    err = r.stderr.decode()
-    assert r.returncode == 0, err
-    p = _profile(tmp_path / "p.json")
-    positions = p["prompt"]["tokens"] + p["generation"]["tokens"]  # fewer than 100 if it sampled BOS
-    assert positions > 40
-    assert _shifts(err) == expected_shifts(positions, 16, 2) > 0
+@pytest.mark.parametrize("how", ["--context-shift", "--context-shift=kshift"])
+def test_generation_goes_past_seq_len_through_every_shift(files, kind, how, tmp_path):
+    for seed in range(3, 9):  # the random model samples BOS now and then, which ends a story early
+        r = subprocess.run([sys.executable, RUN, files[kind], "-z", files["tok"], "-n", "100", "-s", str(seed),
+                            how, "--keep", "2", "-i", "the dog", f"--profile=json={tmp_path / 'p.json'}"],
+                           capture_output=True)
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        p = _profile(tmp_path / "p.json")
+        positions = p["prompt"]["tokens"] + p["generation"]["tokens"]  # fewer than 100 if it sampled BOS
+        assert _shifts(err) == expected_shifts(positions, 16, 2)
+        if positions > 40:
+            break
+    assert positions > 40 and _shifts(err) > 0
 
 
 def test_chat_keeps_a_long_conversation_going(files):
@@ -100,7 +155,8 @@ def test_chat_keeps_a_long_conversation_going(files):
 
 
 def test_keep_without_the_flag_or_too_large_is_refused(files):
-    for args, needle in [(["--keep", "3"], "--context-shift"), (["--context-shift", "--keep", "12"], "half")]:
+    for args, needle in [(["--keep", "3"], "--context-shift"), (["--context-shift", "--keep", "12"], "half"),
+                         (["--context-shift=rotate"], "kshift")]:
         r = subprocess.run([sys.executable, RUN, files["model"], "-z", files["tok"], *args], capture_output=True,
                            text=True)
         assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr
@@ -128,7 +184,8 @@ def test_eval_through_one_shifting_context_matches_a_hand_run(files, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
-def test_a_2000_token_story_on_a_256_position_model_runs_to_the_end(tmp_path, kind):
+@pytest.mark.parametrize("how", ["reencode", "kshift"])
+def test_a_2000_token_story_on_a_256_position_model_runs_to_the_end(tmp_path, kind, how):
     """The random 15M shape (BOS damped, so it never stops early), 2000 steps, every shift on the way."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import make_model
@@ -140,7 +197,7 @@ def test_a_2000_token_story_on_a_256_position_model_runs_to_the_end(tmp_path, ki
                               capture_output=True).returncode == 0
         path = q
     tok = write_tokenizer(tmp_path / "tok.bin", 32000)
-    r = subprocess.run([sys.executable, RUN, path, "-z", str(tok), "-n", "2000", "-s", "1", "--context-shift",
+    r = subprocess.run([sys.executable, RUN, path, "-z", str(tok), "-n", "2000", "-s", "1", f"--context-shift={how}",
                         f"--profile=json={tmp_path / 'p.json'}"], capture_output=True)
     err = r.stderr.decode()
     assert r.returncode == 0, err

@@ -152,6 +152,7 @@ w = random_weights(64, 172, 2, 8, 2, 80, 40, seed=1)
 t = model.Transformer(str(write_checkpoint(sys.argv[3], w)), rows=8)
 run.warm_up(t, run.Sampler(80, 1.0, 0.9, 42))
 t.prefill([1, 2, 3, 4, 5, 6], 0)
+t.shift_cache(0, 1, 2, 6)
 patterns = sys.argv[4:]
 for mod in (model, run):
     for name, disp in sorted(vars(mod).items()):
@@ -187,7 +188,7 @@ def test_no_kernel_widens_to_float64_or_carries_fast_math_flags(tmp_path, mode):
     print("\n".join(f"{r[0]}: {r[1]} widening ops, {r[2]} fast-math flags" for r in rows))
     checked = {r[0] for r in rows}
     assert {"model.forward", "model.matmuls", "model.rmsnorm", "model.rope", "model.attention", "model.softmax",
-            "model.swiglu", "run.sample_topp", "run.temperature_softmax"} <= checked
+            "model.swiglu", "model.shift_cache", "run.sample_topp", "run.temperature_softmax"} <= checked
     bad = [r for r in rows if r[1] != "0" or r[2] != "0"]
     assert not bad, bad
 

@@ -53,6 +53,17 @@ def test_each_sample_is_what_its_seed_prints_alone(files, mode, kind):
     assert [line for line in err.splitlines() if line.startswith("sample ")][2].startswith("sample 3/4 (seed 12)")
 
 
+@pytest.mark.parametrize("how", ["reencode", "kshift"])
+def test_samples_past_seq_len_shift_as_each_would_alone(files, how):
+    args = [files["model"], "-z", files["tok"], "-n", "150", "-i", "the dog saw", f"--context-shift={how}",
+            *MODES["strict"]]
+    rc, together, err = run_py(*args, "--samples", "3", "-s", "20")
+    assert rc == 0, err
+    alone = [run_py(*args, "-s", str(20 + i)) for i in range(3)]
+    assert together == b"\n".join(out for _, out, _ in alone)
+    assert any("context shifts" in e for _, _, e in alone)  # past the 64 positions
+
+
 def test_fast_samples_do_not_depend_on_threads(files):
     args = [files["model"], "-z", files["tok"], "-n", "64", "--samples", "5", "-s", "3"]
     outs = {run_py(*args, "--threads", t)[1] for t in ("1", "2")}
