@@ -292,6 +292,14 @@ def vsplat(typingctx, value):
     return f32x16(types.float32), codegen
 
 
+@intrinsic
+def vdiv(typingctx, v, value):
+    """v / value, lane by lane (each lane rounded as one scalar division)."""
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(args[0], _splat(builder, args[1], LANES))
+    return f32x16(f32x16, types.float32), codegen
+
+
 def _contiguous_f32(a):
     return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1 and a.layout == "C"
 

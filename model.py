@@ -26,8 +26,8 @@ from checkpoint import CheckpointError, Config  # noqa: F401  (part of this modu
 from jit import (AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, flane8,
                  fma, fzero8, idot32, idot32u, idot_tokens, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero,
                  kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, row_tile_zero, rows_strict, tile_fma,
-                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdot_halves, vfma, vlane, vload, vsplat, vstore,
-                 vsum, vzero)
+                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdiv, vdot_halves, vfma, vlane, vload, vsplat,
+                 vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -78,9 +78,9 @@ RunState = namedtuple("RunState", [
     "q",  # (rows, dim) queries
     "k",  # (rows, kv_dim) keys of the batch, before they are stored in the cache
     "v",  # (rows, kv_dim) values, likewise
-    "att",  # (rows, n_heads, seq_len) attention scores, then weights
+    "att",  # (rows, n_heads, seq_blocks * 16) attention scores, then weights
     "logits",  # (rows, vocab_size) output of the rows that ask for it, in row order
-    "key_cache",  # (n_layers, seqs, seq_len, kv_dim)
+    "key_cache",  # (n_layers, seqs, n_kv_heads, seq_blocks, head_size, 16) keys of 16 positions by component
     "value_cache",  # (n_layers, seqs, seq_len, kv_dim)
     "rope_cos",  # (seq_len, head_size // 2) cos(pos * freq) of every position
     "rope_sin",  # (seq_len, head_size // 2) and sin
@@ -94,10 +94,16 @@ RunState = namedtuple("RunState", [
 def run_state_bytes(p, rows, seqs, group_size=0):
     """Bytes malloc_run_state allocates (the KV cache is most of it for long seq_len)."""
     width = max(p.dim, p.hidden_dim)
-    floats = (rows * (5 * p.dim + 2 * p.kv_dim + 2 * p.hidden_dim + p.n_heads * p.seq_len + p.vocab_size)
-              + 2 * p.n_layers * seqs * p.seq_len * p.kv_dim + p.seq_len * p.head_size
+    padded = seq_blocks(p.seq_len) * LANES
+    floats = (rows * (5 * p.dim + 2 * p.kv_dim + 2 * p.hidden_dim + p.n_heads * padded + p.vocab_size)
+              + p.n_layers * seqs * (padded + p.seq_len) * p.kv_dim + p.seq_len * p.head_size
               + width * _padded(rows) + (rows * width // group_size if group_size else 0))
     return 4 * floats + (2 * rows * width if group_size else 0)
+
+
+def seq_blocks(seq_len):
+    """Blocks of 16 positions the key cache has per sequence and head."""
+    return -(-seq_len // LANES)
 
 
 def _padded(rows):
@@ -113,8 +119,8 @@ def malloc_run_state(p, rows=1, seqs=1, group_size=0):
         x=np.zeros((rows, p.dim), f32), xb=np.zeros((rows, p.dim), f32), xb2=np.zeros((rows, p.dim), f32),
         hb=np.zeros((rows, p.hidden_dim), f32), hb2=np.zeros((rows, p.hidden_dim), f32),
         q=np.zeros((rows, p.dim), f32), k=np.zeros((rows, p.kv_dim), f32), v=np.zeros((rows, p.kv_dim), f32),
-        att=np.zeros((rows, p.n_heads, p.seq_len), f32), logits=np.zeros((rows, p.vocab_size), f32),
-        key_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
+        att=np.zeros((rows, p.n_heads, seq_blocks(p.seq_len) * LANES), f32), logits=np.zeros((rows, p.vocab_size), f32),
+        key_cache=np.zeros((p.n_layers, seqs, p.n_kv_heads, seq_blocks(p.seq_len), p.head_size, LANES), f32),
         value_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
         rope_cos=np.zeros((p.seq_len, p.head_size // 2), f32), rope_sin=np.zeros((p.seq_len, p.head_size // 2), f32),
         xt=np.zeros((width, _padded(rows)), f32),
@@ -532,9 +538,18 @@ def rope(q, k, fcr, fci, pos):
 
 @kernel
 def store_kv(key_cache, value_cache, k, v, pos, seq):
-    """The batch's keys and values into the cache of their sequence at their position."""
+    """The batch's keys and values into the cache of their sequence at their position.
+
+    Key component i of head h at position t goes to key_cache[seq, h, t // 16,
+    i, t % 16]: the scores of 16 positions are then vectors (_scores).
+    """
+    head_size = key_cache.shape[3]
     for b in range(k.shape[0]):
-        key_cache[seq[b], pos[b]] = k[b]
+        block, lane = pos[b] // LANES, pos[b] % LANES
+        keys = key_cache[seq[b]]
+        for h in range(keys.shape[0]):
+            for i in range(head_size):
+                keys[h, block, i, lane] = k[b, h * head_size + i]
         value_cache[seq[b], pos[b]] = v[b]
 
 
@@ -542,27 +557,52 @@ def store_kv(key_cache, value_cache, k, v, pos, seq):
 def attention(xb, att, q, key_cache, value_cache, pos, seq):
     """Multi-head attention: per row b and head h (kv head h // kv_mul), over positions 0..pos[b] of seq[b].
 
-    Scores (q_h . k_t) / sqrt(head_size), softmax, then the weighted sum of
-    the values accumulated t by t from zero (_weighted_sum); rows and heads in parallel.
+    Scores (q_h . k_t) / sqrt(head_size) (_scores), softmax, then the
+    weighted sum of the values accumulated t by t from zero (_weighted_sum);
+    rows and heads in parallel.
     """
     n_heads = att.shape[1]
-    head_size = q.shape[1] // n_heads
-    kv_mul = n_heads // (key_cache.shape[2] // head_size)
+    head_size = key_cache.shape[3]
+    kv_mul = n_heads // key_cache.shape[1]
     scale = np.sqrt(np.float32(head_size))
     for bh in prange(q.shape[0] * n_heads):
         b = bh // n_heads
         h = bh % n_heads
         p = pos[b]
-        keys, values = key_cache[seq[b]], value_cache[seq[b]]
         # slices rather than offset indexing: numba then knows every index is in
         # range from zero and the loops vectorize (2-5x measured)
         qh = q[b, h * head_size:(h + 1) * head_size]
-        ko = (h // kv_mul) * head_size
+        _scores(att[b, h], qh, key_cache[seq[b], h // kv_mul], p + 1, scale)
         a = att[b, h, :p + 1]
-        for t in range(p + 1):
-            a[t] = dot(qh, keys[t, ko:ko + head_size]) / scale
         softmax(a)
-        _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, values, ko)
+        ko = (h // kv_mul) * head_size
+        _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, value_cache[seq[b]], ko)
+
+
+@inline
+def _scores(a, qh, blocks, n, scale):
+    """a[t] = (sum_i qh[i] * key_t[i]) / scale for t < n, and for the rest of the last block of 16.
+
+    Position t is lane t % 16 of block t // 16 (blocks[t // 16, i] holds
+    component i of 16 positions), so each lane sums over i in order from
+    zero: C's loop for one position, in every mode (fused in fast modes),
+    with no horizontal sum. ROW_TILE blocks are summed side by side.
+    """
+    nb = (n + LANES - 1) // LANES
+    for b0 in range(0, nb, ROW_TILE):
+        nv = min(ROW_TILE, nb - b0)
+        acc = row_tile_zero()
+        for i in range(qh.shape[0]):
+            qi = vsplat(qh[i])
+            for c in range(ROW_TILE):
+                if c < nv:
+                    if STRICT:
+                        acc = tile_muladd(acc, c, qi, vload(blocks[b0 + c, i], 0))
+                    else:
+                        acc = tile_fma(acc, c, qi, vload(blocks[b0 + c, i], 0))
+        for c in range(ROW_TILE):
+            if c < nv:
+                vstore(a, (b0 + c) * LANES, vdiv(tile_get(acc, c), scale))
 
 
 @inline
@@ -1022,23 +1062,24 @@ def shift_cache(key_cache, value_cache, fcr, fci, seq, keep, drop, length):
     the keys and values of layers past the first still carry what the dropped
     tokens contributed, and two rotations round differently from one.
     """
-    head_size = 2 * fcr.shape[1]
     c_row, s_row = fcr[drop], fci[drop]
     for l in range(key_cache.shape[0]):
         keys, values = key_cache[l, seq], value_cache[l, seq]
         for p in range(keep + drop, length):
-            src, dst = keys[p], keys[p - drop]
-            for i in range(0, src.shape[0], 2):
-                j = (i % head_size) // 2
-                rotate_pair(dst, src, i, c_row[j], -s_row[j])  # negating is exact
-            values[p - drop] = values[p]
+            d = p - drop
+            for h in range(keys.shape[0]):
+                src, dst = keys[h, p // LANES, :, p % LANES], keys[h, d // LANES, :, d % LANES]
+                for i in range(0, src.shape[0], 2):
+                    rotate_pair(dst, src, i, c_row[i // 2], -s_row[i // 2])  # negating is exact
+            values[d] = values[p]
 
 
 @kernel
 def copy_sequence(key_cache, value_cache, src, dst, length):
     """Positions 0..length-1 of sequence src's cache into sequence dst's, every layer."""
+    nb = (length + LANES - 1) // LANES  # whole blocks: a position past length is written before it is read
     for l in range(key_cache.shape[0]):
-        key_cache[l, dst, :length] = key_cache[l, src, :length]
+        key_cache[l, dst, :, :nb] = key_cache[l, src, :, :nb]
         value_cache[l, dst, :length] = value_cache[l, src, :length]
 
 
@@ -1229,6 +1270,12 @@ class Transformer:
         """Drop positions keep..keep+drop-1 of sequence seq: later ones move down, keys rotated to match."""
         s = self.state
         shift_cache(s.key_cache, s.value_cache, s.rope_cos, s.rope_sin, seq, keep, drop, length)
+
+    def cached_keys(self, seq, length):
+        """(n_layers, length, kv_dim): keys of positions 0..length-1 of sequence seq, laid out as run.c caches them."""
+        k = self.state.key_cache[:, seq]  # (n_layers, n_kv_heads, blocks, head_size, 16)
+        k = k.transpose(0, 2, 4, 1, 3).reshape(k.shape[0], -1, self.config.kv_dim)
+        return k[:, :length].copy()
 
     def copy_sequence(self, src, dst, length):
         """Make sequence dst's first `length` positions those of sequence src."""

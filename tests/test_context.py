@@ -58,14 +58,14 @@ def test_kshift_moves_the_kept_cache_down_and_rotates_its_keys_by_the_delta(file
     ctx = run.Context(t, 0, shift="kshift", keep=3)
     tokens = [(5 * i + 2) % VOCAB for i in range(16)]
     ctx.feed(tokens, logits=None)
-    before_k, before_v = t.state.key_cache.copy(), t.state.value_cache.copy()
+    before_k, before_v = t.cached_keys(0, 16), t.state.value_cache[:, 0].copy()
     ctx.make_room()
     drop = 13 // 2
     assert ctx.tokens == tokens[:3] + tokens[3 + drop:] and ctx.pos == 16 - drop
-    k, v = t.state.key_cache[:, 0], t.state.value_cache[:, 0]
-    assert np.array_equal(k[:, :3], before_k[:, 0, :3]) and np.array_equal(v[:, :3], before_v[:, 0, :3])
-    assert np.array_equal(v[:, 3:16 - drop], before_v[:, 0, 3 + drop:16])
-    want = _rotate64(before_k[:, 0, 3 + drop:16], drop, t.config.head_size)
+    k, v = t.cached_keys(0, 16 - drop), t.state.value_cache[:, 0]
+    assert np.array_equal(k[:, :3], before_k[:, :3]) and np.array_equal(v[:, :3], before_v[:, :3])
+    assert np.array_equal(v[:, 3:16 - drop], before_v[:, 3 + drop:16])
+    want = _rotate64(before_k[:, 3 + drop:16], drop, t.config.head_size)
     maxdiff = float(np.max(np.abs(k[:, 3:16 - drop] - want)))
     print(f"kshift keys vs float64 rotation: maxdiff {maxdiff:.2e}")
     assert maxdiff < 1e-5 * max(1.0, float(np.max(np.abs(want))))
@@ -85,7 +85,7 @@ def test_with_one_layer_kshift_gives_the_cache_of_a_fresh_run_up_to_rounding(tmp
     want = fresh.forward(9, len(ctx.tokens) - 1)
     n = len(ctx.tokens)
     assert np.array_equal(shifted.state.value_cache[:, 0, :n], fresh.state.value_cache[:, 0, :n])
-    kdiff = float(np.max(np.abs(shifted.state.key_cache[:, 0, :n] - fresh.state.key_cache[:, 0, :n])))
+    kdiff = float(np.max(np.abs(shifted.cached_keys(0, n) - fresh.cached_keys(0, n))))
     ldiff = float(np.max(np.abs(got - want)))
     print(f"one layer, kshift vs fresh: keys maxdiff {kdiff:.2e}, logits maxdiff {ldiff:.2e}")
     assert kdiff < 1e-5 and ldiff < 1e-4

@@ -87,6 +87,44 @@ def test_attention_value_sum_is_each_elements_sum_over_positions(head_size):
         assert worst < 1e-5
 
 
+@pytest.mark.parametrize("head_size", [8, 48, 64])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 200])
+def test_attention_scores_are_cs_dot_of_the_query_with_each_cached_key(head_size, n):
+    """_scores over n positions (part of a block, whole blocks, more blocks than one register tile) against
+    C's score loop, with the keys written by store_kv into the cache's blocks of 16 positions."""
+    import jit
+    import numba
+
+    @numba.njit
+    def scores(a, qh, blocks, n, scale):
+        model._scores(a, qh, blocks, n, scale)
+
+    rng = np.random.default_rng(n + head_size)
+    keys = rng.standard_normal((n, 2 * head_size)).astype(np.float32)  # two kv heads; the scores read head 1
+    cache = np.full((1, 2, model.seq_blocks(n), head_size, jit.LANES), np.nan, np.float32)
+    values = np.zeros((1, n, 2 * head_size), np.float32)
+    for t in range(n):
+        model.store_kv(cache, values, keys[t:t + 1], keys[t:t + 1], np.array([t], np.int32), np.zeros(1, np.int32))
+    qh = rng.standard_normal(head_size).astype(np.float32)
+    scale = np.sqrt(np.float32(head_size))
+    a = np.zeros(model.seq_blocks(n) * jit.LANES, np.float32)
+    scores(a, qh, cache[0, 1], n, scale)
+    want = np.zeros(n, np.float32)
+    for t in range(n):
+        val = np.float32(0.0)
+        for i in range(head_size):  # C's loop: each product and each sum rounded
+            val = np.float32(val + qh[i] * keys[t, head_size + i])
+        want[t] = val / scale
+    if jit.STRICT:
+        differ = int(np.sum(a[:n].view(np.int32) != want.view(np.int32)))
+        print(f"head_size {head_size}, {n} positions: {differ} scores differ in any bit")
+        assert differ == 0
+    else:
+        worst = float(np.max(np.abs(a[:n] - want)))
+        print(f"head_size {head_size}, {n} positions: maxdiff {worst:.2e}", "OK" if worst < 1e-5 else "NOT OK")
+        assert worst < 1e-5
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_v0_and_v1_files_of_the_same_weights_give_identical_logits(tmp_path, shared):
     w = random_weights(*SHAPES["gqa"], shared=shared, seed=11)
