@@ -680,16 +680,29 @@ def iwsum32(typingctx, acc, w, j):
 
 
 @intrinsic
-def idot_tokens(typingctx, acc, xt, w, j):
+def iflip(typingctx):
+    """0x80 in every byte, hidden from LLVM's constant folding (an empty asm statement returns it): x ^ iflip()
+    of a broadcast load then stays one instruction (vpxord with the load copied to every lane) instead of a load,
+    an xor and a broadcast."""
+    def codegen(context, builder, sig, args):
+        asm = ir.InlineAsm(ir.FunctionType(_I32x8, [_I32x8]), "", "=v,0", side_effect=False)
+        return builder.call(asm, [ir.Constant(_I32x8, [-2139062144] * 8)])
+    return i32x8(), codegen
+
+
+@intrinsic
+def idot_tokens(typingctx, acc, xt, w, j, flip):
     """Lane k of acc plus sum_{q<4} x[k, j + q] * w[j + q] for eight tokens k: four columns, no horizontal sum.
 
     xt holds the tokens' bytes interleaved by four (xt[8j + 4k + q] =
     x[k, j + q], j a multiple of 4), so one 32-byte load has four columns of
     eight tokens, against w[j:j+4] copied to every lane:
-      vnni: xt holds x + 128 (unsigned): vpdpbusd; the caller takes
-            128 * sum(w) off (iwsum32).
+      vnni: vpdpbusd of w + 128 (w's sign bit flipped, read as unsigned,
+            one instruction with the copy to every lane) by x; the caller
+            takes 128 * sum(x) off (one vector for all its rows). flip is
+            iflip(), made once by the caller.
       avx2: vpmaddubsw(|w|, x with w's sign) -> int16 pairs (no saturation
-            for values in [-127, 127]), vpmaddwd(., 1) -> int32.
+            for values in [-127, 127]), vpmaddwd(., 1) -> int32 (flip unused).
     """
     def codegen(context, builder, sig, args):
         acc, j = args[0], args[3]
@@ -698,7 +711,7 @@ def idot_tokens(typingctx, acc, xt, w, j):
                           align=1)
         wv = builder.bitcast(_splat(builder, wq, 8), _I8x32)
         if INT8_DOT == "vnni":
-            return _vpdpbusd(builder, acc, xv, wv)
+            return _vpdpbusd(builder, acc, builder.bitcast(builder.xor(_splat(builder, wq, 8), args[4]), _I8x32), xv)
         wa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [wv, ir.Constant(ir.IntType(1), 0)])
         xs = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xv, wv])
         pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [wa, xs])
@@ -706,7 +719,23 @@ def idot_tokens(typingctx, acc, xt, w, j):
         return builder.add(acc, quads)
     if INT8_DOT not in ("vnni", "avx2") or not all(_int8_row(a) for a in (xt, w)):
         return None
-    return i32x8(i32x8, xt, w, types.intp), codegen
+    return i32x8(i32x8, xt, w, types.intp, i32x8), codegen
+
+
+@intrinsic
+def iload8(typingctx, a, j):
+    """a[j:j+8] of a contiguous int32 array as eight lanes."""
+    def codegen(context, builder, sig, args):
+        return _load_vec(context, builder, sig.args[0], args[0], args[1], _I32x8)
+    if not (isinstance(a, types.Array) and a.dtype == types.int32 and a.ndim == 1 and a.layout == "C"):
+        return None
+    return i32x8(a, types.intp), codegen
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    """a + b, lane by lane."""
+    return i32x8(i32x8, i32x8), lambda context, builder, sig, args: builder.add(args[0], args[1])
 
 
 @intrinsic

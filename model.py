@@ -24,10 +24,10 @@ import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
 from jit import (AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns, flane8,
-                 fma, fzero8, idot32, idot32u, idot_tokens, ihsum, ihsum8, inline, isub, isub_total, iwsum32, izero,
-                 kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, row_tile_zero, rows_strict, tile_fma,
-                 tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdiv, vdot_halves, vfma, vlane, vload, vsplat,
-                 vstore, vsum, vzero)
+                 fma, fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub,
+                 isub_total, iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows,
+                 row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdiv,
+                 vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -88,6 +88,7 @@ RunState = namedtuple("RunState", [
     "xq",  # (rows, max(dim, hidden_dim)) int8: the activations entering an int8 matmul
     "xs",  # (rows, max(dim, hidden_dim) // group_size) their scales (int8 models only; else empty)
     "xqt",  # (rows // 8, max(dim, hidden_dim) * 8) int8: xq of each 8 rows interleaved by 4 columns (int8 tiles)
+    "xqsum",  # (max(dim, hidden_dim) // group_size, rows) int32: 128 * each group's sum of xq (VNNI tiles)
 ])
 
 
@@ -98,7 +99,7 @@ def run_state_bytes(p, rows, seqs, group_size=0):
     floats = (rows * (5 * p.dim + 2 * p.kv_dim + 2 * p.hidden_dim + p.n_heads * padded + p.vocab_size)
               + p.n_layers * seqs * (padded + p.seq_len) * p.kv_dim + p.seq_len * p.head_size
               + width * _padded(rows) + (rows * width // group_size if group_size else 0))
-    return 4 * floats + (2 * rows * width if group_size else 0)
+    return 4 * floats + (2 * rows * width + 4 * rows * width // group_size if group_size else 0)
 
 
 def seq_blocks(seq_len):
@@ -125,7 +126,8 @@ def malloc_run_state(p, rows=1, seqs=1, group_size=0):
         rope_cos=np.zeros((p.seq_len, p.head_size // 2), f32), rope_sin=np.zeros((p.seq_len, p.head_size // 2), f32),
         xt=np.zeros((width, _padded(rows)), f32),
         xq=np.zeros((rows, nq), np.int8), xs=np.zeros((rows, nq // group_size if group_size else 0), f32),
-        xqt=np.zeros((rows // Q8_TOKENS, nq * Q8_TOKENS), np.int8))
+        xqt=np.zeros((rows // Q8_TOKENS, nq * Q8_TOKENS), np.int8),
+        xqsum=np.zeros((nq // group_size if group_size else 0, rows), np.int32))
     rope_table(s.rope_cos, s.rope_sin)
     return s
 
@@ -694,7 +696,7 @@ def _round_half_away(v):
 
 
 # the integer dot step of the target; with VNNI it sums (x + 128) * w, and the caller takes
-# iwsum32's 128 * w off again (_q8_tile once for its eight tokens)
+# iwsum32's 128 * w off again (_group_sums8 once for its eight rows)
 _idot = idot32u if INT8_DOT == "vnni" else idot32
 
 
@@ -745,47 +747,51 @@ def _dot_q8(xq, xs, wq, ws, gs):
     return val
 
 
-Q8_TOKENS = 8  # tokens per int8 tile: one weight row against eight, each token a lane of the float sums
+Q8_TOKENS = 8  # tokens per int8 tile: four weight rows against eight, each token a lane of the float sums
 
 
 @inline
-def _q8_tile(xout, xqt, xst, wq, ws, i, i2, t, gs):
-    """xout[t:t+8, i] and xout[t:t+8, i2] = _dot_q8 of weight rows i and i2 with tokens t..t+7: token k is lane k.
+def _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, i1, i2, i3, t, gs, ahead):
+    """xout[t:t+8, r] = _dot_q8 of weight row r with tokens t..t+7, for r = i, i1, i2, i3: token k is lane k.
 
     xqt[t // 8] has the eight tokens' bytes interleaved by four columns, so
     each step multiplies four columns of the eight tokens by the same four
     weights copied to every lane (idot_tokens): a group's integer sums come
-    out one per lane with no horizontal sum. The two weight rows share each
-    load of the tokens' bytes and each group's scales (2048 x 768, 64 tokens,
-    one thread: 54 -> 76 GMAC/s against one row at a time). Token k's float
-    sum adds (float(sum) * ws[i, g]) * xs[t + k, g] in group order: _dot_q8's
-    bits. xst is xs transposed (xst[g, b] = xs[b, g]), so a group's eight
-    scales are one load.
+    out one per lane with no horizontal sum. The four weight rows share each
+    load of the tokens' bytes, and each row keeps two sums in flight (a
+    vpdpbusd waits for the previous one's result). Token k's float sum adds
+    (float(sum) * ws[r, g]) * xs[t + k, g] in group order: _dot_q8's bits.
+    xst is xs transposed (xst[g, b] = xs[b, g]) and xqsum the tokens' VNNI
+    offsets likewise, so a group's eight scales and offsets are one load
+    each. ahead (the first token tile of these rows) prefetches the rows
+    three tiles on into L2: with few tokens each weight byte is used once
+    per call, and rows read side by side outrun the hardware prefetcher.
     """
-    w, sw, w2, sw2, xt = wq[i], ws[i], wq[i2], ws[i2], xqt[t // Q8_TOKENS]
-    vals, vals2 = fzero8(), fzero8()
-    for g in range(sw.shape[0]):
-        acc, acc2, offset, offset2 = izero(), izero(), izero(), izero()
-        for j in range(g * gs, g * gs + gs, 4):
-            acc = idot_tokens(acc, xt, w, j)
-            acc2 = idot_tokens(acc2, xt, w2, j)
-        if INT8_DOT == "vnni":  # the tokens were offset by 128: take 128 * sum(w) off
-            for j in range(g * gs, g * gs + gs, INT8_CHUNK):
-                offset = iwsum32(offset, w, j)
-                offset2 = iwsum32(offset2, w2, j)
-            acc = isub_total(acc, offset)
-            acc2 = isub_total(acc2, offset2)
-        # the lines of this group two row pairs ahead, into L2: with 8 tokens each weight byte is used once
-        # per call, and two rows read side by side outrun the hardware prefetcher (2048 x 768 from DRAM,
-        # 8 tokens, one thread: 57 -> 75 GMAC/s; one pair ahead: 59). Past the last row a hint, never a fault.
-        for line in range(g * gs, g * gs + gs, 64):
-            prefetch(wq, (i + 4) * wq.shape[1] + line)
-            prefetch(wq, (i + 5) * wq.shape[1] + line)
-        vals = q8_lanes(vals, acc, sw[g], xst[g], t)
-        vals2 = q8_lanes(vals2, acc2, sw2[g], xst[g], t)
+    w0, w1, w2, w3, xt = wq[i], wq[i1], wq[i2], wq[i3], xqt[t // Q8_TOKENS]
+    v0, v1, v2, v3, flip = fzero8(), fzero8(), fzero8(), fzero8(), iflip()
+    for g in range(ws.shape[1]):
+        a0, a1, a2, a3, b0, b1, b2, b3 = izero(), izero(), izero(), izero(), izero(), izero(), izero(), izero()
+        for j in range(g * gs, g * gs + gs, 8):
+            a0, a1 = idot_tokens(a0, xt, w0, j, flip), idot_tokens(a1, xt, w1, j, flip)
+            a2, a3 = idot_tokens(a2, xt, w2, j, flip), idot_tokens(a3, xt, w3, j, flip)
+            b0, b1 = idot_tokens(b0, xt, w0, j + 4, flip), idot_tokens(b1, xt, w1, j + 4, flip)
+            b2, b3 = idot_tokens(b2, xt, w2, j + 4, flip), idot_tokens(b3, xt, w3, j + 4, flip)
+        a0, a1, a2, a3 = iadd(a0, b0), iadd(a1, b1), iadd(a2, b2), iadd(a3, b3)
+        if INT8_DOT == "vnni":  # the weights were offset by 128: take 128 * sum(x) off, the same for every row
+            offset = iload8(xqsum[g], t)
+            a0, a1, a2, a3 = isub(a0, offset), isub(a1, offset), isub(a2, offset), isub(a3, offset)
+        if ahead:
+            # 8 tokens from DRAM, one thread: 2048 x 768 46 GMAC/s without, 93 with; 32000 x 288 (groups of 32)
+            # 65 with the rows one tile on, 89 three tiles on. Past the last row a hint, never a fault.
+            for line in range(g * gs, g * gs + gs, 64):
+                for k in range(12, 16):
+                    prefetch(wq, (i + k) * wq.shape[1] + line)
+        xsg = xst[g]
+        v0, v1 = q8_lanes(v0, a0, ws[i, g], xsg, t), q8_lanes(v1, a1, ws[i1, g], xsg, t)
+        v2, v3 = q8_lanes(v2, a2, ws[i2, g], xsg, t), q8_lanes(v3, a3, ws[i3, g], xsg, t)
     for k in range(Q8_TOKENS):
-        xout[t + k, i] = flane8(vals, k)
-        xout[t + k, i2] = flane8(vals2, k)
+        xout[t + k, i], xout[t + k, i1] = flane8(v0, k), flane8(v1, k)
+        xout[t + k, i2], xout[t + k, i3] = flane8(v2, k), flane8(v3, k)
 
 
 @inline
@@ -852,25 +858,38 @@ def _q8_rows(xout, xq, xs, wq, ws, i, b, gs):
 
 
 @inline
-def _block_q8(xout, xq, xs, xst, xqt, wq, ws, i0, i1):
-    """Rows i0 <= i < i1 of the int8 matmul for every row of the batch (a weight row stays in cache meanwhile)."""
+def _block_q8(xout, xq, xs, xst, xqt, xqsum, wq, ws, i0, i1, tiles):
+    """Rows i0 <= i < i1 of the int8 matmul for every row of the batch (a weight row stays in cache meanwhile).
+
+    tiles (a constant at each call site) says whether the batch may hold
+    8-token tiles: without, the tiles' code is left out altogether.
+    """
     gs = wq.shape[1] // ws.shape[1]
     n = xout.shape[0]
-    t_tiled = n - n % Q8_TOKENS if INT8_DOT != "portable" and gs % INT8_CHUNK == 0 else 0
+    t_tiled = n - n % Q8_TOKENS if tiles and INT8_DOT != "portable" and gs % INT8_CHUNK == 0 else 0
     i_rows = i0
     if INT8_DOT != "portable" and gs % INT8_CHUNK == 0:  # the tokens left over from the 8-token tiles
         i_rows = i0 + (i1 - i0) // Q8_ROWS * Q8_ROWS
         for i in range(i0, i_rows, Q8_ROWS):
             for b in range(t_tiled, n):
                 _q8_rows(xout, xq, xs, wq, ws, i, b, gs)
-    if INT8_DOT != "portable":  # constants compared, so numba drops the branch: other builds never type the tile
+    if INT8_DOT != "portable" and tiles:  # constants compared: other builds never type the tile
         if INT8_DOT != "sse2":
-            for i in range(i0, i1, 2):
-                i2 = i + 1 if i + 1 < i1 else i  # an odd last row goes twice
-                for t in range(0, t_tiled, Q8_TOKENS):
-                    _q8_tile(xout, xqt, xst, wq, ws, i, i2, t, gs)
+            for i in range(i0, i1, 4):
+                # rows past the block's end: row i again
+                r1, r2, r3 = i + 1 if i + 1 < i1 else i, i + 2 if i + 2 < i1 else i, i + 3 if i + 3 < i1 else i
+                # a group size known when compiling unrolls the group's loop (2048 x 768, 64 tokens: 1.07x)
+                if gs == 64:
+                    for t in range(0, t_tiled, Q8_TOKENS):
+                        _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, r1, r2, r3, t, 64, t == 0)
+                elif gs == 32:
+                    for t in range(0, t_tiled, Q8_TOKENS):
+                        _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, r1, r2, r3, t, 32, t == 0)
+                else:
+                    for t in range(0, t_tiled, Q8_TOKENS):
+                        _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, r1, r2, r3, t, gs, t == 0)
     for i in range(i0, i1):
-        if INT8_DOT == "sse2":
+        if INT8_DOT == "sse2" and tiles:
             for t in range(0, t_tiled, Q8_TOKENS):
                 _q8_tile_sse2(xout, xq, xst, wq, ws, i, t, gs)
         for b in range(n if i < i_rows else t_tiled, n):
@@ -878,62 +897,88 @@ def _block_q8(xout, xq, xs, xst, xqt, wq, ws, i0, i1):
 
 
 @inline
-def _interleave_tile(xqt, xq, tile, cols):
-    """xqt[tile] = the first cols columns of rows 8 tile .. 8 tile + 7 of xq, interleaved by four (plus 128 for
-    VNNI)."""
-    flip = np.int32(-2139062144) if INT8_DOT == "vnni" else np.int32(0)  # 0x80808080: x ^ 0x80 = x + 128, unsigned
+def _interleave_tile(xqt, xqsum, xq, tile, cols, gs):
+    """xqt[tile] = the first cols columns of rows 8 tile .. 8 tile + 7 of xq, interleaved by four; for VNNI also
+    xqsum[g, b] = 128 * the sum of row b's group g, for those rows."""
     x32, t32 = xq.view(np.int32), xqt[tile].view(np.int32)  # four columns at a time
     for j in range(cols // 4):
         for k in range(Q8_TOKENS):
-            t32[Q8_TOKENS * j + k] = x32[tile * Q8_TOKENS + k, j] ^ flip
+            t32[Q8_TOKENS * j + k] = x32[tile * Q8_TOKENS + k, j]
+    if INT8_DOT == "vnni":
+        for b in range(tile * Q8_TOKENS, tile * Q8_TOKENS + Q8_TOKENS):
+            for g in range(cols // gs):
+                total = np.int32(0)
+                for j in range(g * gs, g * gs + gs):
+                    total = np.int32(total + np.int32(xq[b, j]))
+                xqsum[g, b] = np.int32(128) * total
+
+
+@inline
+def _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3):
+    """(output, weights, first row, end row) of block b of the rows of three matmuls, n1 and n2 blocks in the first
+    two."""
+    out, w, c = o1, w1, b
+    if b >= n1 + n2:
+        out, w, c = o3, w3, b - n1 - n2
+    elif b >= n1:
+        out, w, c = o2, w2, b - n1
+    return out, w, c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0])
 
 
 @pkernel
-def matmuls_q8(xq, xs, xst, xqt, o1, w1, o2, w2, o3, w3, serial):
-    """matmuls() for int8 weights (each a (values, scales) pair) and the int8 input xq, xs.
+def matmuls_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial):
+    """matmuls() for int8 weights (each a (values, scales) pair) and an int8 input xq, xs of 8 rows or more.
 
-    When the batch has a tile's worth of rows, xst (at least (groups, rows))
-    receives xs transposed and xqt (at least (rows // 8, 8 * cols)) the
-    bytes of each 8 rows interleaved by 4 columns, offset by 128 for VNNI.
+    xst (at least (groups, rows)) receives xs transposed, xqt (at least
+    (rows // 8, 8 * cols)) the bytes of each 8 rows interleaved by 4 columns
+    and, for VNNI, xqsum (at least (groups, rows)) 128 times each group's sum.
     """
     cols = w1[0].shape[1]  # xq's rows may be wider than this matmul's input
-    if xq.shape[0] >= Q8_TOKENS:
-        for b in range(xs.shape[0]):
-            for g in range(w1[1].shape[1]):
-                xst[g, b] = xs[b, g]
-        interleave = INT8_DOT in ("vnni", "avx2") and (cols // w1[1].shape[1]) % INT8_CHUNK == 0  # what _q8_tile reads
-        if interleave and serial:
-            for tile in range(xq.shape[0] // Q8_TOKENS):
-                _interleave_tile(xqt, xq, tile, cols)
-        elif interleave:
-            for tile in prange(xq.shape[0] // Q8_TOKENS):
-                _interleave_tile(xqt, xq, tile, cols)
+    for b in range(xs.shape[0]):
+        for g in range(w1[1].shape[1]):
+            xst[g, b] = xs[b, g]
+    interleave = INT8_DOT in ("vnni", "avx2") and (cols // w1[1].shape[1]) % INT8_CHUNK == 0  # what _q8_tile reads
+    if interleave and serial:
+        for tile in range(xq.shape[0] // Q8_TOKENS):
+            _interleave_tile(xqt, xqsum, xq, tile, cols, cols // w1[1].shape[1])
+    elif interleave:
+        for tile in prange(xq.shape[0] // Q8_TOKENS):
+            _interleave_tile(xqt, xqsum, xq, tile, cols, cols // w1[1].shape[1])
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
-    n3 = (w3[0].shape[0] + BLOCK - 1) // BLOCK
+    n = n1 + n2 + (w3[0].shape[0] + BLOCK - 1) // BLOCK
     if serial:
-        for b in range(n1 + n2 + n3):
-            out, w, c = o1, w1, b
-            if b >= n1 + n2:
-                out, w, c = o3, w3, b - n1 - n2
-            elif b >= n1:
-                out, w, c = o2, w2, b - n1
-            _block_q8(out, xq, xs, xst, xqt, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+        for b in range(n):
+            out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
+            _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, True)
         return
-    for b in prange(n1 + n2 + n3):
-        out, w, c = o1, w1, b
-        if b >= n1 + n2:
-            out, w, c = o3, w3, b - n1 - n2
-        elif b >= n1:
-            out, w, c = o2, w2, b - n1
-        _block_q8(out, xq, xs, xst, xqt, w[0], w[1], c * BLOCK, min(c * BLOCK + BLOCK, w[0].shape[0]))
+    for b in prange(n):
+        out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
+        _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, True)
+
+
+@pkernel
+def matvecs_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
+    """matmuls_q8 of fewer than 8 rows (one token, a few sequences decoded together): compiled apart, with no
+    tiles (with the tiles' unrolled code in the same function, one-token decoding of 110M was 4-6% slower)."""
+    n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
+    n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
+    n = n1 + n2 + (w3[0].shape[0] + BLOCK - 1) // BLOCK
+    if serial:
+        for b in range(n):
+            out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
+            _block_q8(out, xq, xs, xs, xq, xq, w[0], w[1], i0, i1, False)
+        return
+    for b in prange(n):
+        out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
+        _block_q8(out, xq, xs, xs, xq, xq, w[0], w[1], i0, i1, False)
 
 
 # The forward pass is written once for both weight formats: `project`
 # stands for up to three matmuls of one input and is compiled per format (a
 # numba overload): float32 weights go to matmuls(), int8 weights (a (values,
 # scales) pair per matrix) quantize the input rows first, as runq.c does
-# before each of its matmuls, and go to matmuls_q8().
+# before each of its matmuls, and go to matmuls_q8() (matvecs_q8() below 8 rows).
 
 def project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
     """o1 = x @ w1.T (and o2, o3 likewise when given), on one thread when serial."""
@@ -955,12 +1000,20 @@ def _project(s, serial, x, o1, w1, o2=None, w2=None, o3=None, w3=None):
         xq, xs = s.xq[:x.shape[0]], s.xs[:x.shape[0]]  # full-width rows, so each stays contiguous
         quantize(xq, xs, x, w1[0].shape[1] // w1[1].shape[1], serial or x.shape[0] < Q8_TOKENS)
         none = (w1[0][:0], w1[1][:0])
+        if x.shape[0] < Q8_TOKENS:
+            if o2 is None:
+                matvecs_q8(xq, xs, o1, w1, o1, none, o1, none, serial)
+            elif o3 is None:
+                matvecs_q8(xq, xs, o1, w1, o2, w2, o1, none, serial)
+            else:
+                matvecs_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial)
+            return
         if o2 is None:
-            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o1, none, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, s.xqsum, o1, w1, o1, none, o1, none, serial)
         elif o3 is None:
-            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o2, w2, o1, none, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, s.xqsum, o1, w1, o2, w2, o1, none, serial)
         else:
-            matmuls_q8(xq, xs, s.xt, s.xqt, o1, w1, o2, w2, o3, w3, serial)
+            matmuls_q8(xq, xs, s.xt, s.xqt, s.xqsum, o1, w1, o2, w2, o3, w3, serial)
     return q8
 
 

@@ -42,8 +42,7 @@ def test_int8_matmul_equals_reference_bit_for_bit(rows, cols, gs):
     xq, xs = quantize_q8(x, gs)
     out = np.zeros((1, rows), F)
     none = (wq[:0], ws[:0])
-    model.matmuls_q8(xq[None], xs[None], np.zeros((cols, 16), F), np.zeros((0, 8 * cols), np.int8),
-                     out, (wq, ws), out, none, out, none, False)
+    model.matvecs_q8(xq[None], xs[None], out, (wq, ws), out, none, out, none, False)
     want = matmul_q8(xq, xs, wq, ws, gs)
     assert np.array_equal(out[0].view(np.int32), want.view(np.int32))
 
@@ -138,17 +137,18 @@ for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128)]
     w[1, :gs] = -1.0  # and at -127
     wq, ws = quantize_groups(w, gs)
     wq, ws = wq.reshape(rows, cols), ws.reshape(rows, cols // gs)
-    n = 11  # one tile of 8 tokens and 3 alone
+    n = 19  # two tiles of 8 tokens (the first prefetches, the second not) and 3 alone
     x = rng.standard_normal((n, cols)).astype(np.float32)
     x[0, :gs] = -5.0  # -127 against +-127 weights: the largest products
     x[9, :gs] = 5.0
+    x[17, :gs] = 5.0
     xq = np.zeros((n, cols), np.int8)
     xs = np.zeros((n, cols // gs), np.float32)
     model.quantize(xq, xs, x, gs)
     out = np.zeros((n, rows), np.float32)
     none = (wq[:0], ws[:0])
-    model.matmuls_q8(xq, xs, np.zeros((cols, 16), np.float32), np.zeros((n // 8, 8 * cols), np.int8),
-                     out, (wq, ws), out, none, out, none, False)
+    model.matmuls_q8(xq, xs, np.zeros((cols, n), np.float32), np.zeros((n // 8, 8 * cols), np.int8),
+                     np.zeros((cols // gs, n), np.int32), out, (wq, ws), out, none, out, none, False)
     for b in range(n):
         want = matmul_q8(xq[b], xs[b], wq, ws, gs)
         assert np.array_equal(out[b].view(np.int32), want.view(np.int32)), (gs, b)
