@@ -944,34 +944,30 @@ def matmuls_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial):
     elif interleave:
         for tile in prange(xq.shape[0] // Q8_TOKENS):
             _interleave_tile(xqt, xqsum, xq, tile, cols, cols // w1[1].shape[1])
-    n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
-    n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
-    n = n1 + n2 + (w3[0].shape[0] + BLOCK - 1) // BLOCK
-    if serial:
-        for b in range(n):
-            out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
-            _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, True)
-        return
-    for b in prange(n):
-        out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
-        _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, True)
+    _blocks_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial, True)
 
 
 @pkernel
 def matvecs_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
     """matmuls_q8 of fewer than 8 rows (one token, a few sequences decoded together): compiled apart, with no
     tiles (with the tiles' unrolled code in the same function, one-token decoding of 110M was 4-6% slower)."""
+    _blocks_q8(xq, xs, xs, xq, xq, o1, w1, o2, w2, o3, w3, serial, False)
+
+
+@inline
+def _blocks_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial, tiles):
+    """The blocks of rows of three int8 matmuls, in parallel unless serial (tiles: as _block_q8)."""
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n = n1 + n2 + (w3[0].shape[0] + BLOCK - 1) // BLOCK
     if serial:
         for b in range(n):
             out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
-            _block_q8(out, xq, xs, xs, xq, xq, w[0], w[1], i0, i1, False)
+            _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, tiles)
         return
     for b in prange(n):
         out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
-        _block_q8(out, xq, xs, xs, xq, xq, w[0], w[1], i0, i1, False)
+        _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, tiles)
 
 
 # The forward pass is written once for both weight formats: `project`
