@@ -709,9 +709,10 @@ def idot_tokens(typingctx, acc, xt, w, j, flip):
         xv = _load_vec(context, builder, sig.args[1], args[1], builder.mul(j, ir.Constant(j.type, 8)), _I8x32, align=1)
         wq = builder.load(builder.bitcast(_element_ptr(context, builder, sig.args[2], args[2], j), _I32.as_pointer()),
                           align=1)
-        wv = builder.bitcast(_splat(builder, wq, 8), _I8x32)
+        w4 = _splat(builder, wq, 8)  # the four weights in every lane
         if INT8_DOT == "vnni":
-            return _vpdpbusd(builder, acc, builder.bitcast(builder.xor(_splat(builder, wq, 8), args[4]), _I8x32), xv)
+            return _vpdpbusd(builder, acc, builder.bitcast(builder.xor(w4, args[4]), _I8x32), xv)
+        wv = builder.bitcast(w4, _I8x32)
         wa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [wv, ir.Constant(ir.IntType(1), 0)])
         xs = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xv, wv])
         pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [wa, xs])

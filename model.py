@@ -951,6 +951,7 @@ def matmuls_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial):
 def matvecs_q8(xq, xs, o1, w1, o2, w2, o3, w3, serial):
     """matmuls_q8 of fewer than 8 rows (one token, a few sequences decoded together): compiled apart, with no
     tiles (with the tiles' unrolled code in the same function, one-token decoding of 110M was 4-6% slower)."""
+    # without tiles, xst, xqt and xqsum are never read nor typed: xs and xq stand in for them
     _blocks_q8(xq, xs, xs, xq, xq, o1, w1, o2, w2, o3, w3, serial, False)
 
 
