@@ -527,15 +527,15 @@ def rotate_pair(dst, src, i, c, sn):
 @kernel
 def rope(q, k, fcr, fci, pos):
     """Rotate each pair (i, i+1) of q[b], and of k[b] while i < kv_dim, by the angles of position pos[b]."""
-    head_size = 2 * fcr.shape[1]
+    half = fcr.shape[1]
     for b in range(q.shape[0]):
         c_row, s_row = fcr[pos[b]], fci[pos[b]]
-        qb, kb = q[b], k[b]
-        for i in range(0, qb.shape[0], 2):
-            j = (i % head_size) // 2
-            rotate_pair(qb, qb, i, c_row[j], s_row[j])
-            if i < kb.shape[0]:
-                rotate_pair(kb, kb, i, c_row[j], s_row[j])
+        for x in (q[b], k[b]):
+            for h in range(x.shape[0] // (2 * half)):
+                # one head's pairs with no index arithmetic in the loop: LLVM vectorizes it
+                xh = x[2 * half * h:2 * half * (h + 1)]
+                for j in range(half):
+                    rotate_pair(xh, xh, 2 * j, c_row[j], s_row[j])
 
 
 @kernel
@@ -546,13 +546,37 @@ def store_kv(key_cache, value_cache, k, v, pos, seq):
     i, t % 16]: the scores of 16 positions are then vectors (_scores).
     """
     head_size = key_cache.shape[3]
-    for b in range(k.shape[0]):
+    b = 0
+    while b < k.shape[0]:
         block, lane = pos[b] // LANES, pos[b] % LANES
         keys = key_cache[seq[b]]
+        if lane == 0 and _whole_block(pos, seq, b):
+            # a prompt's 16 positions of one block: each line of the block written whole, once
+            for h in range(keys.shape[0]):
+                for i in range(head_size):
+                    line = keys[h, block, i]
+                    for t in range(LANES):
+                        line[t] = k[b + t, h * head_size + i]
+            for t in range(LANES):
+                value_cache[seq[b], pos[b] + t] = v[b + t]
+            b += LANES
+            continue
         for h in range(keys.shape[0]):
             for i in range(head_size):
                 keys[h, block, i, lane] = k[b, h * head_size + i]
         value_cache[seq[b], pos[b]] = v[b]
+        b += 1
+
+
+@inline
+def _whole_block(pos, seq, b):
+    """Rows b..b+15 are positions pos[b]..pos[b]+15 of one sequence."""
+    if b + LANES > pos.shape[0]:
+        return False
+    for t in range(1, LANES):
+        if seq[b + t] != seq[b] or pos[b + t] != pos[b] + t:
+            return False
+    return True
 
 
 @pkernel
