@@ -294,6 +294,7 @@ def softmax(x):
 #    vectors of 16 tokens per tile.
 
 BLOCK = 48  # rows per parallel work item: a multiple of STRICT_ROWS and of TILE[0]
+ATT_ROWS = TILE[0]  # a prompt's rows whose attention is computed together (one row: each alone)
 STRICT_LANES_FROM = 4  # strict mode vectorizes across tokens from this many rows on
 PROMPT_TILES_FROM = 24  # fast modes use the TILE[0]-row tiles from this many tokens on
 # ...and sooner when the tokens' inputs (n * cols floats) pass 16 KB: a row tile then re-reads them from
@@ -585,7 +586,9 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
 
     Scores (q_h . k_t) / sqrt(head_size) (_scores), softmax, then the
     weighted sum of the values accumulated t by t from zero (_weighted_sum);
-    rows and heads in parallel.
+    rows and heads in parallel. A prompt's rows go in groups of ATT_ROWS
+    (_attention_rows): the same sums, with each key and value vector loaded
+    once for the group.
     """
     n_heads = att.shape[1]
     head_size = key_cache.shape[3]
@@ -594,6 +597,13 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
     for bh in prange(q.shape[0] * n_heads):
         b = bh // n_heads
         h = bh % n_heads
+        b0 = b - b % ATT_ROWS
+        nr = _rows_of_one_sequence(seq, b0)
+        if nr > 1:  # a prompt's rows: the group's first task does them all, sharing each key and value load
+            if b == b0:
+                _attention_rows(xb, att, q, key_cache[seq[b], h // kv_mul], value_cache[seq[b]], pos, b0, nr, h,
+                                (h // kv_mul) * head_size, scale)
+            continue
         p = pos[b]
         # slices rather than offset indexing: numba then knows every index is in
         # range from zero and the loops vectorize (2-5x measured)
@@ -603,6 +613,112 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
         softmax(a)
         ko = (h // kv_mul) * head_size
         _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, value_cache[seq[b]], ko)
+
+
+@inline
+def _rows_of_one_sequence(seq, b0):
+    """The rows in the group of ATT_ROWS from b0 if they all belong to one sequence, else 1."""
+    n = min(ATT_ROWS, seq.shape[0] - b0)
+    for r in range(1, n):
+        if seq[b0 + r] != seq[b0]:
+            return 1
+    return n
+
+
+@inline
+def _attention_rows(xb, att, q, blocks, values, pos, b0, nr, h, ko, scale):
+    """attention() of rows b0..b0+nr-1 (nr <= ATT_ROWS, one sequence) for head h: the same sums, row by row.
+
+    Scores are taken for every row up to the last row's position (the extra
+    ones are not read); the weighted sums run over the positions every row
+    has together, then each row finishes its own.
+    """
+    hs = blocks.shape[1]
+    pmin = pmax = pos[b0]
+    for r in range(1, nr):
+        pmin, pmax = min(pmin, pos[b0 + r]), max(pmax, pos[b0 + r])
+    _scores_rows(att, q, blocks, b0, nr, h, (pmax + LANES) // LANES, scale)
+    for r in range(nr):
+        softmax(att[b0 + r, h, :pos[b0 + r] + 1])
+    _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, pmin + 1)
+    for r in range(nr):
+        xh, a = xb[b0 + r, h * hs:(h + 1) * hs], att[b0 + r, h]
+        for t in range(pmin + 1, pos[b0 + r] + 1):  # the row's own positions: its sums go on in order
+            vt = values[t, ko:ko + hs]
+            for i in range(hs):
+                if STRICT:
+                    xh[i] += a[t] * vt[i]
+                else:
+                    xh[i] = fma(a[t], vt[i], xh[i])
+
+
+@inline
+def _scores_rows(att, q, blocks, b0, nr, h, nvec, scale):
+    """_scores of rows b0..b0+nr-1 over nvec vectors of 16 positions.
+
+    A TILE of rows x vectors of positions: each key vector is loaded once for all rows.
+    """
+    R, C = TILE
+    hs = blocks.shape[1]
+    for v0 in range(0, nvec, C):
+        nv = min(C, nvec - v0)
+        acc = tile_zero()
+        for i in range(hs):
+            for c in range(C):
+                if c < nv:
+                    kv = vload(blocks[v0 + c, i], 0)
+                    for r in range(R):
+                        if r < nr:
+                            qi = vsplat(q[b0 + r, h * hs + i])
+                            if STRICT:
+                                acc = tile_muladd(acc, r * C + c, qi, kv)
+                            else:
+                                acc = tile_fma(acc, r * C + c, qi, kv)
+        for r in range(R):
+            if r < nr:
+                for c in range(C):
+                    if c < nv:
+                        vstore(att[b0 + r, h], (v0 + c) * LANES, vdiv(tile_get(acc, r * C + c), scale))
+
+
+@inline
+def _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, n):
+    """_weighted_sum of rows b0..b0+nr-1 over positions 0..n-1.
+
+    A TILE of rows x vectors of the head: each value vector is loaded once for all rows.
+    """
+    R, C = TILE
+    body = hs - hs % LANES
+    for i0 in range(0, body, LANES * C):
+        nv = min(C, (body - i0) // LANES)
+        acc = tile_zero()
+        for t in range(n):
+            vt = values[t, ko:ko + hs]
+            for c in range(C):
+                if c < nv:
+                    vv = vload(vt, i0 + LANES * c)
+                    for r in range(R):
+                        if r < nr:
+                            at = vsplat(att[b0 + r, h, t])
+                            if STRICT:
+                                acc = tile_muladd(acc, r * C + c, at, vv)
+                            else:
+                                acc = tile_fma(acc, r * C + c, at, vv)
+        for r in range(R):
+            if r < nr:
+                for c in range(C):
+                    if c < nv:
+                        vstore(xb[b0 + r, h * hs:(h + 1) * hs], i0 + LANES * c, tile_get(acc, r * C + c))
+    for r in range(nr):
+        a = att[b0 + r, h]
+        for i in range(body, hs):
+            val = np.float32(0.0)
+            for t in range(n):
+                if STRICT:
+                    val += a[t] * values[t, ko + i]
+                else:
+                    val = fma(a[t], values[t, ko + i], val)
+            xb[b0 + r, h * hs + i] = val
 
 
 @inline

@@ -125,6 +125,36 @@ def test_attention_scores_are_cs_dot_of_the_query_with_each_cached_key(head_size
         assert worst < 1e-5
 
 
+@pytest.mark.parametrize("head_size,kv_mul", [(16, 1), (48, 2), (72, 1)])
+def test_attention_of_a_prompts_rows_together_gives_each_rows_bits_alone(head_size, kv_mul):
+    """Rows of one sequence share their key and value loads (attention's row groups); each row's scores,
+    weights and sums must be the bits it gets when it is the only row, in every mode. Mixed batches too:
+    a group holding rows of two sequences, positions out of order, a group of one row at the end."""
+    rng = np.random.default_rng(head_size)
+    n_kv, seq_len = 2, 70
+    n_heads, length = n_kv * kv_mul, 64
+    cache = rng.standard_normal((2, n_kv, model.seq_blocks(seq_len), head_size, model.LANES)).astype(np.float32)
+    values = rng.standard_normal((2, seq_len, n_kv * head_size)).astype(np.float32)
+    batches = [(np.arange(length - 13, length, dtype=np.int32), np.zeros(13, np.int32)),
+               (np.array([5, 40, 2, 3, 60, 61, 62], np.int32), np.array([0, 0, 0, 1, 1, 1, 0], np.int32)),
+               (np.array([10, 11, 12], np.int32), np.array([0, 1, 0], np.int32))]
+    for pos, seq in batches:
+        n = pos.shape[0]
+        q = rng.standard_normal((n, n_heads * head_size)).astype(np.float32)
+        att = np.full((n, n_heads, model.seq_blocks(seq_len) * model.LANES), np.nan, np.float32)
+        xb = np.full((n, n_heads * head_size), np.nan, np.float32)
+        model.attention(xb, att, q, cache, values, pos, seq)
+        for b in range(n):
+            att1 = np.full((1,) + att.shape[1:], np.nan, np.float32)
+            xb1 = np.full((1, xb.shape[1]), np.nan, np.float32)
+            model.attention(xb1, att1, q[b:b + 1], cache, values, pos[b:b + 1], seq[b:b + 1])
+            differ = int(np.sum(xb[b].view(np.int32) != xb1[0].view(np.int32)))
+            weights = att[b, :, :pos[b] + 1], att1[0, :, :pos[b] + 1]
+            differ += int(np.sum(weights[0].view(np.int32) != weights[1].view(np.int32)))
+            assert differ == 0, f"row {b} (position {pos[b]}, sequence {seq[b]}): {differ} values differ"
+    print(f"head_size {head_size}, kv_mul {kv_mul}: rows together = rows alone, bit for bit")
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_v0_and_v1_files_of_the_same_weights_give_identical_logits(tmp_path, shared):
     w = random_weights(*SHAPES["gqa"], shared=shared, seed=11)
