@@ -701,7 +701,7 @@ def idot_tokens(typingctx, acc, xt, w, j, flip):
             one instruction with the copy to every lane) by x; the caller
             takes 128 * sum(x) off (one vector for all its rows). flip is
             iflip(), made once by the caller.
-      avx2: vpmaddubsw(|w|, x with w's sign) -> int16 pairs (no saturation
+      avx2: vpmaddubsw(|x|, w with x's sign) -> int16 pairs (no saturation
             for values in [-127, 127]), vpmaddwd(., 1) -> int32 (flip unused).
     """
     def codegen(context, builder, sig, args):
@@ -712,10 +712,10 @@ def idot_tokens(typingctx, acc, xt, w, j, flip):
         w4 = _splat(builder, wq, 8)  # the four weights in every lane
         if INT8_DOT == "vnni":
             return _vpdpbusd(builder, acc, builder.bitcast(builder.xor(w4, args[4]), _I8x32), xv)
-        wv = builder.bitcast(w4, _I8x32)
-        wa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [wv, ir.Constant(ir.IntType(1), 0)])
-        xs = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xv, wv])
-        pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [wa, xs])
+        # |x| once for the tile's rows (the same load in each, merged by LLVM), x's signs put on the weights
+        xa = _intrinsic_call(builder, "llvm.abs.v32i8", _I8x32, [xv, ir.Constant(ir.IntType(1), 0)])
+        ws = _intrinsic_call(builder, "llvm.x86.avx2.psign.b", _I8x32, [builder.bitcast(w4, _I8x32), xv])
+        pairs = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [xa, ws])
         quads = _intrinsic_call(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, [pairs, ir.Constant(_I16x16, [1] * 16)])
         return builder.add(acc, quads)
     if INT8_DOT not in ("vnni", "avx2") or not all(_int8_row(a) for a in (xt, w)):
