@@ -610,8 +610,8 @@ def idot32(typingctx, acc, x, w, j):
     """acc plus the products x[j + k] * w[j + k], k < 32, of two int8 arrays, summed exactly into 8 int32 lanes.
 
     Both hold values in [-127, 127] (runq.c's quantization never gives -128):
-      avx2: |x| fits an unsigned byte and |x| * (w with x's sign) = x * w, so
-            vpmaddubsw(|x|, sign(w, x)) -> pairs in int16 (at most 2 * 127 * 127,
+      avx2: |w| fits an unsigned byte and |w| * (x with w's sign) = x * w, so
+            vpmaddubsw(|w|, sign(x, w)) -> pairs in int16 (at most 2 * 127 * 127,
             no saturation), vpmaddwd(., 1) -> int32, added to acc.
       sse2: both widened to int16, pmaddwd on each 8 of them -> int32 pairs.
     The vnni path is idot32u and iwsum32 (fewer instructions than any sign fix-up).
