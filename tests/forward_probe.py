@@ -14,8 +14,8 @@ compare modes, CPU tiers, and cold and warm JIT caches. Saved arrays:
   alone        the same nine sequences, each run by itself
   profiled     `single` again with the per-kernel profile switched on
 
-The sizes reach every kernel shape of every tier: prompt tiles (24 rows and
-more), row tiles and int8 tiles (8 rows and more, with a tail), strict
+The sizes reach every kernel shape of every tier: prompt tiles (from 4, 8 or
+24 rows by tier), row tiles and int8 tiles (8 rows and more, with a tail), strict
 token lanes (4 rows and more).
 """
 
