@@ -96,8 +96,9 @@ AVX2 = "avx2" in FEATURES
 # as many as the vector registers hold next to the operands (32 zmm: 12;
 # 16 ymm: 6, each 2 registers; 16 xmm: 2, each 4 registers)
 TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
-# a batch of a few tokens (several samples decoded together) is memory-bound: one weight row at a time,
-# applied to ROW_TILE tokens (three rows read side by side stream at half speed from DRAM on Zen 3 and 4)
+# vectors side by side against one operand: a batch of fewer tokens than model.PROMPT_TILES_FROM reads
+# one weight row at a time against ROW_TILE tokens (AVX2 and baseline: with AVX-512 the prompt tiles
+# start below 8), and attention sums ROW_TILE blocks of positions together
 ROW_TILE = 8 if AVX512 else 4 if AVX2 else 2
 # strict one-token matmuls carry this many rows' sums side by side, one per lane (an R x R transpose in
 # registers: 16 x 16 fits AVX-512's 32 registers, 8 x 8 the 16 of AVX2 and SSE)
