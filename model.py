@@ -305,9 +305,9 @@ PROMPT_TILES_FROM = TILE[1] if AVX512 else 8 if AVX2 else 24
 # ...and sooner when the tokens' inputs (n * cols floats) pass 16 KB: a row tile then re-reads them from
 # L2 for every weight row (8 samples of the 110M shape: prompt tiles 1.31x row tiles)
 ROW_TILE_FLOATS = 4096
-# rows read side by side are short streams the hardware prefetcher does not follow: a tile's first pass asks
-# for the rows this many tiles on (8 tokens, 32000 x 288 from DRAM, AVX-512: 28 GFLOP/s without, 57 one
-# tile on, 82 three tiles on, 81 six)
+# rows read side by side are short streams the hardware prefetcher does not follow: the first pass of an
+# fp32 or int8 tile asks for the rows this many tiles on (fp32, 8 tokens, 32000 x 288 from DRAM, AVX-512:
+# 28 GFLOP/s without, 57 one tile on, 82 three tiles on, 81 six; int8 in _q8_tile)
 PREFETCH_TILES = 3
 
 
@@ -920,7 +920,7 @@ def _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, i1, i2, i3, t, gs, ahead):
     xst is xs transposed (xst[g, b] = xs[b, g]) and xqsum the tokens' VNNI
     offsets likewise, so a group's eight scales and offsets are one load
     each. ahead (the first token tile of these rows) prefetches the rows
-    three tiles on into L2: with few tokens each weight byte is used once
+    PREFETCH_TILES tiles on into L2: with few tokens each weight byte is used once
     per call, and rows read side by side outrun the hardware prefetcher.
     """
     w0, w1, w2, w3, xt = wq[i], wq[i1], wq[i2], wq[i3], xqt[t // Q8_TOKENS]
@@ -940,7 +940,7 @@ def _q8_tile(xout, xqt, xst, xqsum, wq, ws, i, i1, i2, i3, t, gs, ahead):
             # 8 tokens from DRAM, one thread: 2048 x 768 46 GMAC/s without, 93 with; 32000 x 288 (groups of 32)
             # 65 with the rows one tile on, 89 three tiles on. Past the last row a hint, never a fault.
             for line in range(g * gs, g * gs + gs, 64):
-                for k in range(12, 16):
+                for k in range(4 * PREFETCH_TILES, 4 * PREFETCH_TILES + 4):
                     prefetch(wq, (i + k) * wq.shape[1] + line)
         xsg = xst[g]
         v0, v1 = q8_lanes(v0, a0, ws[i, g], xsg, t), q8_lanes(v1, a1, ws[i1, g], xsg, t)

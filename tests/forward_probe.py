@@ -15,8 +15,8 @@ compare modes, CPU tiers, and cold and warm JIT caches. Saved arrays:
   profiled     `single` again with the per-kernel profile switched on
 
 The sizes reach every kernel shape of every tier: prompt tiles (from 4, 8 or
-24 rows by tier), row tiles and int8 tiles (8 rows and more, with a tail), strict
-token lanes (4 rows and more).
+24 rows by tier), row tiles (below that: the chunk of 4 rows), int8 tiles (8
+rows and more, with a tail), strict token lanes (4 rows and more).
 """
 
 import os
