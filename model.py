@@ -81,7 +81,7 @@ RunState = namedtuple("RunState", [
     "att",  # (rows, n_heads, seq_blocks * 16) attention scores, then weights
     "logits",  # (rows, vocab_size) output of the rows that ask for it, in row order
     "key_cache",  # (n_layers, seqs, n_kv_heads, seq_blocks, head_size, 16) keys of 16 positions by component
-    "value_cache",  # (n_layers, seqs, seq_len, kv_dim)
+    "value_cache",  # (n_layers, seqs, n_kv_heads, seq_len, head_size)
     "rope_cos",  # (seq_len, head_size // 2) cos(pos * freq) of every position
     "rope_sin",  # (seq_len, head_size // 2) and sin
     "xt",  # (max(dim, hidden_dim), rows padded) a matmul's input transposed (strict mode, many rows)
@@ -122,7 +122,7 @@ def malloc_run_state(p, rows=1, seqs=1, group_size=0):
         q=np.zeros((rows, p.dim), f32), k=np.zeros((rows, p.kv_dim), f32), v=np.zeros((rows, p.kv_dim), f32),
         att=np.zeros((rows, p.n_heads, seq_blocks(p.seq_len) * LANES), f32), logits=np.zeros((rows, p.vocab_size), f32),
         key_cache=np.zeros((p.n_layers, seqs, p.n_kv_heads, seq_blocks(p.seq_len), p.head_size, LANES), f32),
-        value_cache=np.zeros((p.n_layers, seqs, p.seq_len, p.kv_dim), f32),
+        value_cache=np.zeros((p.n_layers, seqs, p.n_kv_heads, p.seq_len, p.head_size), f32),
         rope_cos=np.zeros((p.seq_len, p.head_size // 2), f32), rope_sin=np.zeros((p.seq_len, p.head_size // 2), f32),
         xt=np.zeros((width, _padded(rows)), f32),
         xq=np.zeros((rows, nq), np.int8), xs=np.zeros((rows, nq // group_size if group_size else 0), f32),
@@ -555,34 +555,60 @@ def rope(q, k, fcr, fci, pos):
                     rotate_pair(xh, xh, 2 * j, c_row[j], s_row[j])
 
 
-@kernel
+@pkernel
 def store_kv(key_cache, value_cache, k, v, pos, seq):
     """The batch's keys and values into the cache of their sequence at their position.
 
     Key component i of head h at position t goes to key_cache[seq, h, t // 16,
-    i, t % 16]: the scores of 16 positions are then vectors (_scores).
+    i, t % 16]: the scores of 16 positions are then vectors (_scores). Its
+    value goes to value_cache[seq, h, t]: each head's values one stream for
+    the weighted sums. A key is head_size cache lines that the last step's
+    traffic has mostly evicted: with several rows the kv heads are stored in
+    parallel (8 samples of the 110M shape: 8 x 12 x 768 lines a step). One
+    row stays a plain loop: a parallel loop over its heads took 1.2 us to
+    the plain loop's 0.12 (12 heads of 64, 2 threads).
     """
+    if k.shape[0] == 1:
+        for h in range(key_cache.shape[1]):
+            _store_head(key_cache, value_cache, k, v, pos, seq, h)
+        return
+    for h in prange(key_cache.shape[1]):
+        _store_head(key_cache, value_cache, k, v, pos, seq, h)
+
+
+@inline
+def _store_head(key_cache, value_cache, k, v, pos, seq, h):
+    """Kv head h of every row into its sequence's cache."""
     head_size = key_cache.shape[3]
+    ko = h * head_size
     b = 0
     while b < k.shape[0]:
         block, lane = pos[b] // LANES, pos[b] % LANES
-        keys = key_cache[seq[b]]
+        keys, values = key_cache[seq[b], h], value_cache[seq[b], h]
         if lane == 0 and _whole_block(pos, seq, b):
             # a prompt's 16 positions of one block: each line of the block written whole, once
-            for h in range(keys.shape[0]):
-                for i in range(head_size):
-                    line = keys[h, block, i]
-                    for t in range(LANES):
-                        line[t] = k[b + t, h * head_size + i]
+            for i in range(head_size):
+                line = keys[block, i]
+                for t in range(LANES):
+                    line[t] = k[b + t, ko + i]
             for t in range(LANES):
-                value_cache[seq[b], pos[b] + t] = v[b + t]
+                _copy(values[pos[b] + t], v[b + t, ko:ko + head_size])
             b += LANES
             continue
-        for h in range(keys.shape[0]):
-            for i in range(head_size):
-                keys[h, block, i, lane] = k[b, h * head_size + i]
-        value_cache[seq[b], pos[b]] = v[b]
+        for i in range(head_size):
+            keys[block, i, lane] = k[b, ko + i]
+        _copy(values[pos[b]], v[b, ko:ko + head_size])
         b += 1
+
+
+@inline
+def _copy(dst, src):
+    """dst[:] = src (1-D, one length) without the run-time shape and overlap checks of a slice assignment.
+
+    A row's values, 6 heads of 48: 20 ns against 111 as slices (12 of 64: 129 against 278).
+    """
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
 
 
 @inline
@@ -615,20 +641,19 @@ def attention(xb, att, q, key_cache, value_cache, pos, seq):
         h = bh % n_heads
         b0 = b - b % ATT_ROWS
         nr = _rows_of_one_sequence(seq, b0)
+        keys, values = key_cache[seq[b], h // kv_mul], value_cache[seq[b], h // kv_mul]
         if nr > 1:  # a prompt's rows: the group's first task does them all, sharing each key and value load
             if b == b0:
-                _attention_rows(xb, att, q, key_cache[seq[b], h // kv_mul], value_cache[seq[b]], pos, b0, nr, h,
-                                (h // kv_mul) * head_size, scale)
+                _attention_rows(xb, att, q, keys, values, pos, b0, nr, h, scale)
             continue
         p = pos[b]
         # slices rather than offset indexing: numba then knows every index is in
         # range from zero and the loops vectorize (2-5x measured)
         qh = q[b, h * head_size:(h + 1) * head_size]
-        _scores(att[b, h], qh, key_cache[seq[b], h // kv_mul], p + 1, scale)
+        _scores(att[b, h], qh, keys, p + 1, scale)
         a = att[b, h, :p + 1]
         softmax(a)
-        ko = (h // kv_mul) * head_size
-        _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, value_cache[seq[b]], ko)
+        _weighted_sum(xb[b, h * head_size:(h + 1) * head_size], a, values)
 
 
 @inline
@@ -642,7 +667,7 @@ def _rows_of_one_sequence(seq, b0):
 
 
 @inline
-def _attention_rows(xb, att, q, blocks, values, pos, b0, nr, h, ko, scale):
+def _attention_rows(xb, att, q, blocks, values, pos, b0, nr, h, scale):
     """attention() of rows b0..b0+nr-1 (nr <= ATT_ROWS, one sequence) for head h: the same sums, row by row.
 
     Scores are taken for every row up to the last row's position (the extra
@@ -656,11 +681,11 @@ def _attention_rows(xb, att, q, blocks, values, pos, b0, nr, h, ko, scale):
     _scores_rows(att, q, blocks, b0, nr, h, (pmax + LANES) // LANES, scale)
     for r in range(nr):
         softmax(att[b0 + r, h, :pos[b0 + r] + 1])
-    _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, pmin + 1)
+    _weighted_sum_rows(xb, att, values, b0, nr, h, hs, pmin + 1)
     for r in range(nr):
         xh, a = xb[b0 + r, h * hs:(h + 1) * hs], att[b0 + r, h]
         for t in range(pmin + 1, pos[b0 + r] + 1):  # the row's own positions: its sums go on in order
-            vt = values[t, ko:ko + hs]
+            vt = values[t]
             for i in range(hs):
                 if STRICT:
                     xh[i] += a[t] * vt[i]
@@ -698,7 +723,7 @@ def _scores_rows(att, q, blocks, b0, nr, h, nvec, scale):
 
 
 @inline
-def _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, n):
+def _weighted_sum_rows(xb, att, values, b0, nr, h, hs, n):
     """_weighted_sum of rows b0..b0+nr-1 over positions 0..n-1.
 
     A TILE of rows x vectors of the head: each value vector is loaded once for all rows.
@@ -709,7 +734,7 @@ def _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, n):
         nv = min(C, (body - i0) // LANES)
         acc = tile_zero()
         for t in range(n):
-            vt = values[t, ko:ko + hs]
+            vt = values[t]
             for c in range(C):
                 if c < nv:
                     vv = vload(vt, i0 + LANES * c)
@@ -731,9 +756,9 @@ def _weighted_sum_rows(xb, att, values, b0, nr, h, ko, hs, n):
             val = np.float32(0.0)
             for t in range(n):
                 if STRICT:
-                    val += a[t] * values[t, ko + i]
+                    val += a[t] * values[t, i]
                 else:
-                    val = fma(a[t], values[t, ko + i], val)
+                    val = fma(a[t], values[t, i], val)
             xb[b0 + r, h * hs + i] = val
 
 
@@ -764,8 +789,8 @@ def _scores(a, qh, blocks, n, scale):
 
 
 @inline
-def _weighted_sum(xh, a, values, ko):
-    """xh = sum_t a[t] * values[t, ko:ko+len(xh)], each element summed t by t from zero.
+def _weighted_sum(xh, a, values):
+    """xh = sum_t a[t] * values[t], each element summed t by t from zero.
 
     Up to ROW_TILE vectors of xh stay in registers through the loop over t:
     xh[i] += a[t] * v[i] in place made every t wait for the previous t's
@@ -778,7 +803,7 @@ def _weighted_sum(xh, a, values, ko):
         acc = row_tile_zero()
         for t in range(a.shape[0]):
             at = vsplat(a[t])
-            vt = values[t, ko:ko + hs]
+            vt = values[t]
             for c in range(ROW_TILE):
                 if c < nv:
                     if STRICT:
@@ -792,9 +817,9 @@ def _weighted_sum(xh, a, values, ko):
         val = np.float32(0.0)
         for t in range(a.shape[0]):
             if STRICT:
-                val += a[t] * values[t, ko + i]
+                val += a[t] * values[t, i]
             else:
-                val = fma(a[t], values[t, ko + i], val)
+                val = fma(a[t], values[t, i], val)
         xh[i] = val
 
 
@@ -1277,7 +1302,7 @@ def shift_cache(key_cache, value_cache, fcr, fci, seq, keep, drop, length):
                 src, dst = keys[h, p // LANES, :, p % LANES], keys[h, d // LANES, :, d % LANES]
                 for i in range(0, src.shape[0], 2):
                     rotate_pair(dst, src, i, c_row[i // 2], -s_row[i // 2])  # negating is exact
-            values[d] = values[p]
+            values[:, d] = values[:, p]
 
 
 @kernel
@@ -1286,7 +1311,7 @@ def copy_sequence(key_cache, value_cache, src, dst, length):
     nb = (length + LANES - 1) // LANES  # whole blocks: a position past length is written before it is read
     for l in range(key_cache.shape[0]):
         key_cache[l, dst, :, :nb] = key_cache[l, src, :, :nb]
-        value_cache[l, dst, :length] = value_cache[l, src, :length]
+        value_cache[l, dst, :, :length] = value_cache[l, src, :, :length]
 
 
 # ----------------------------------------------------------------------------
@@ -1482,6 +1507,11 @@ class Transformer:
         k = self.state.key_cache[:, seq]  # (n_layers, n_kv_heads, blocks, head_size, 16)
         k = k.transpose(0, 2, 4, 1, 3).reshape(k.shape[0], -1, self.config.kv_dim)
         return k[:, :length].copy()
+
+    def cached_values(self, seq, length):
+        """(n_layers, length, kv_dim): values of positions 0..length-1 of sequence seq, in run.c's layout."""
+        v = self.state.value_cache[:, seq, :, :length]  # (n_layers, n_kv_heads, length, head_size)
+        return v.transpose(0, 2, 1, 3).reshape(v.shape[0], length, self.config.kv_dim).copy()
 
     def copy_sequence(self, src, dst, length):
         """Make sequence dst's first `length` positions those of sequence src."""

@@ -39,11 +39,11 @@ def probe(path):
     toks = [x % vocab for x in TOKENS]
     out = {}
     out["single"] = np.array([t.forward(tok, pos).copy() for pos, tok in enumerate(toks)])
-    out["kv_single"] = np.stack([t.cached_keys(0, len(toks)), t.state.value_cache[:, 0, :len(toks)]]).copy()
+    out["kv_single"] = np.stack([t.cached_keys(0, len(toks)), t.cached_values(0, len(toks))]).copy()
     rows = []
     t.prefill(toks, 0, 0, logits="all", on_logits=lambda i, chunk: rows.extend(chunk.copy()))
     out["prefill"] = np.array(rows)
-    out["kv_prefill"] = np.stack([t.cached_keys(0, len(toks)), t.state.value_cache[:, 0, :len(toks)]]).copy()
+    out["kv_prefill"] = np.stack([t.cached_keys(0, len(toks)), t.cached_values(0, len(toks))]).copy()
     # SEQS sequences, different tokens, one row each per pass
     seqs = [[(x * (2 * i + 1) + i) % vocab for x in toks] for i in range(SEQS)]
     batched = []

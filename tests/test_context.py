@@ -58,11 +58,11 @@ def test_kshift_moves_the_kept_cache_down_and_rotates_its_keys_by_the_delta(file
     ctx = run.Context(t, 0, shift="kshift", keep=3)
     tokens = [(5 * i + 2) % VOCAB for i in range(16)]
     ctx.feed(tokens, logits=None)
-    before_k, before_v = t.cached_keys(0, 16), t.state.value_cache[:, 0].copy()
+    before_k, before_v = t.cached_keys(0, 16), t.cached_values(0, 16)
     ctx.make_room()
     drop = 13 // 2
     assert ctx.tokens == tokens[:3] + tokens[3 + drop:] and ctx.pos == 16 - drop
-    k, v = t.cached_keys(0, 16 - drop), t.state.value_cache[:, 0]
+    k, v = t.cached_keys(0, 16 - drop), t.cached_values(0, 16 - drop)
     assert np.array_equal(k[:, :3], before_k[:, :3]) and np.array_equal(v[:, :3], before_v[:, :3])
     assert np.array_equal(v[:, 3:16 - drop], before_v[:, 3 + drop:16])
     want = _rotate64(before_k[:, 3 + drop:16], drop, t.config.head_size)
@@ -84,7 +84,7 @@ def test_with_one_layer_kshift_gives_the_cache_of_a_fresh_run_up_to_rounding(tmp
     fresh.prefill(ctx.tokens[:-1], 0, logits=None)
     want = fresh.forward(9, len(ctx.tokens) - 1)
     n = len(ctx.tokens)
-    assert np.array_equal(shifted.state.value_cache[:, 0, :n], fresh.state.value_cache[:, 0, :n])
+    assert np.array_equal(shifted.cached_values(0, n), fresh.cached_values(0, n))
     kdiff = float(np.max(np.abs(shifted.cached_keys(0, n) - fresh.cached_keys(0, n))))
     ldiff = float(np.max(np.abs(got - want)))
     print(f"one layer, kshift vs fresh: keys maxdiff {kdiff:.2e}, logits maxdiff {ldiff:.2e}")

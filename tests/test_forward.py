@@ -65,18 +65,18 @@ def test_attention_value_sum_is_each_elements_sum_over_positions(head_size):
     import numba
 
     @numba.njit
-    def weighted_sum(xh, a, values, ko):
-        model._weighted_sum(xh, a, values, ko)
+    def weighted_sum(xh, a, values):
+        model._weighted_sum(xh, a, values)
 
     rng = np.random.default_rng(head_size)
-    n, ko = 37, 8  # the head starts 8 floats into each cached row, as head 1 of a head_size-8 model would
+    n = 37
     a = rng.random(n).astype(np.float32)
-    values = rng.standard_normal((n, ko + head_size + 5)).astype(np.float32)
+    values = rng.standard_normal((n, head_size)).astype(np.float32)  # one kv head's cached values
     xh = np.full(head_size, np.nan, np.float32)
-    weighted_sum(xh, a, values, ko)
+    weighted_sum(xh, a, values)
     want = np.zeros(head_size, np.float32)
     for t in range(n):  # float32 arrays: each product and each sum rounded, as C's loop
-        want = want + a[t] * values[t, ko:ko + head_size]
+        want = want + a[t] * values[t]
     if jit.STRICT:
         differ = int(np.sum(xh.view(np.int32) != want.view(np.int32)))
         print(f"head_size {head_size}: {differ} of {head_size} sums differ in any bit")
@@ -102,7 +102,7 @@ def test_attention_scores_are_cs_dot_of_the_query_with_each_cached_key(head_size
     rng = np.random.default_rng(n + head_size)
     keys = rng.standard_normal((n, 2 * head_size)).astype(np.float32)  # two kv heads; the scores read head 1
     cache = np.full((1, 2, model.seq_blocks(n), head_size, jit.LANES), np.nan, np.float32)
-    values = np.zeros((1, n, 2 * head_size), np.float32)
+    values = np.zeros((1, 2, n, head_size), np.float32)
     for t in range(n):
         model.store_kv(cache, values, keys[t:t + 1], keys[t:t + 1], np.array([t], np.int32), np.zeros(1, np.int32))
     qh = rng.standard_normal(head_size).astype(np.float32)
@@ -134,7 +134,7 @@ def test_attention_of_a_prompts_rows_together_gives_each_rows_bits_alone(head_si
     n_kv, seq_len = 2, 70
     n_heads, length = n_kv * kv_mul, 64
     cache = rng.standard_normal((2, n_kv, model.seq_blocks(seq_len), head_size, model.LANES)).astype(np.float32)
-    values = rng.standard_normal((2, seq_len, n_kv * head_size)).astype(np.float32)
+    values = rng.standard_normal((2, n_kv, seq_len, head_size)).astype(np.float32)
     batches = [(np.arange(length - 13, length, dtype=np.int32), np.zeros(13, np.int32)),
                (np.array([5, 40, 2, 3, 60, 61, 62], np.int32), np.array([0, 0, 0, 1, 1, 1, 0], np.int32)),
                (np.array([10, 11, 12], np.int32), np.array([0, 1, 0], np.int32))]
