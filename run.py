@@ -564,7 +564,9 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
     """run.c's generate: feed the prompt (in one pass), then sample until steps or BOS.
 
     profiles: (prompt Profile, generation Profile) to record into, or None.
-    Returns (prompt tokens, prompt seconds, generated tokens after the first, their seconds).
+    Returns (prompt tokens fed, prompt seconds, generated tokens after the first, their seconds):
+    with -n below the prompt's length only the first steps prompt tokens are fed, and the
+    prompt speed counts those.
     """
     prompt_tokens = tokenizer.encode(prompt or b"", bos=True, eos=False)
     n_prompt = len(prompt_tokens)
@@ -580,7 +582,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
     for pos in range(min(fed, n_prompt - 1)):
         if prompt_tokens[pos + 1] == BOS:
             out.write(stream.finish() + b"\n")
-            return n_prompt, prompt_seconds, 0, 0.0
+            return fed, prompt_seconds, 0, 0.0
         out.write(stream.push(tokenizer.decode(prompt_tokens[pos], prompt_tokens[pos + 1])))
     pos, generated, start = fed, 0, None
     timed = profiles[1] if profiles else None
@@ -606,8 +608,8 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out, shift=False, k
             generated += 1
     out.write(stream.finish() + b"\n")
     gen_seconds = time.perf_counter() - start if start is not None else 0.0
-    report_speed(transformer, n_prompt, prompt_seconds, generated, gen_seconds, ctx)
-    return n_prompt, prompt_seconds, generated, gen_seconds
+    report_speed(transformer, fed, prompt_seconds, generated, gen_seconds, ctx)
+    return fed, prompt_seconds, generated, gen_seconds
 
 
 def read_stdin(out, guide):

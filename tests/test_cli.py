@@ -83,6 +83,17 @@ def test_prompt_longer_than_the_context_is_cut_at_steps(files):
     assert out == b"".join(Tokenizer(files["tok"], VOCAB).decode(a, b) for a, b in zip(ids, ids[1:])) + b"\n"
 
 
+def test_prompt_speed_counts_the_prompt_tokens_fed(files):
+    prompt = "the little dog saw a big red ball"
+    from tokenizer import Tokenizer
+    n = len(Tokenizer(files["tok"], VOCAB).encode(prompt))
+    assert 12 < n < 64 - 5  # within the test model's seq_len
+    _, _, whole = strict(files, "-i", prompt, "-n", str(n + 5))
+    _, _, cut = strict(files, "-i", prompt, "-n", "12")  # run.c feeds the first 12 prompt tokens only
+    assert f"prompt: {n} tokens in " in whole
+    assert "prompt: 12 tokens in " in cut, cut
+
+
 def test_help_prints_usage(files):
     rc, out, _ = run_py("-h")
     assert rc == 0 and b"Usage:" in out and b"--no-fastmath" in out
