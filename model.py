@@ -23,11 +23,11 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (AVX2, AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_TILE, STRICT, STRICT_ROWS, TILE, clock_ns,
-                 flane8, fma, fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub,
-                 isub_total, iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows,
+from jit import (AVX2, AVX512, EXP_POLY, INT8_CHUNK, INT8_DOT, LANES, ROW_PAIRS, ROW_TILE, STRICT, STRICT_ROWS, TILE,
+                 clock_ns, flane8, fma, fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8,
+                 inline, isub, isub_total, iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows,
                  row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdiv,
-                 vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
+                 vdot2_halves, vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -195,6 +195,28 @@ def dot(a, b):
     for j in range(body, n):
         val = fma(a[j], b[j], val)
     return val
+
+
+@inline
+def dot2(a0, a1, b):
+    """(dot(a0, b), dot(a1, b)), each summed exactly as dot sums it, the two rows read side by side."""
+    n = b.shape[0]
+    body = n - n % LANES
+    if AVX512:
+        v0, v1 = vdot2_halves(a0, a1, b)
+    else:
+        acc0 = vzero()
+        acc1 = vzero()
+        for j in range(0, body, LANES):
+            bv = vload(b, j)
+            acc0 = vfma(acc0, vload(a0, j), bv)
+            acc1 = vfma(acc1, vload(a1, j), bv)
+        v0 = vsum(acc0)
+        v1 = vsum(acc1)
+    for j in range(body, n):
+        v0 = fma(a0[j], b[j], v0)
+        v1 = fma(a1[j], b[j], v1)
+    return v0, v1
 
 
 @inline
@@ -440,14 +462,18 @@ def _block(xout, x, w, xt, i0, i1):
                 _rows8(xout[b], x[b], w, i)
             for i in range(i8, i1):
                 xout[b, i] = dot(w[i], x[b])
-    elif n < PROMPT_TILES_FROM and n * x.shape[1] <= ROW_TILE_FLOATS:  # memory-bound: one weight row at a time
+    elif n < PROMPT_TILES_FROM and n * x.shape[1] <= ROW_TILE_FLOATS:  # memory-bound: two weight rows at a time
         t_tiled = n - n % ROW_TILE
+        i_pairs = i0 + (i1 - i0) // 2 * 2 if ROW_PAIRS else i0
         for i in range(i0, i1):
             for t in range(0, t_tiled, ROW_TILE):
                 _row_tile(xout, x, w, i, t)
-            wi = w[i]
-            for b in range(t_tiled, n):
-                xout[b, i] = dot(wi, x[b])
+            if i >= i_pairs:
+                for b in range(t_tiled, n):
+                    xout[b, i] = dot(w[i], x[b])
+            elif (i - i0) % 2 == 1:  # the tokens left over, against this row and the one before it
+                for b in range(t_tiled, n):
+                    xout[b, i - 1], xout[b, i] = dot2(w[i - 1], w[i], x[b])
     else:
         t_tiled = n - n % C
         for i in range(i0, i_tiled, R):
