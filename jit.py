@@ -109,9 +109,22 @@ ROW_PAIRS = AVX2 or AVX512
 STRICT_ROWS = 16 if AVX512 else 8
 
 
+def _amx_granted():
+    """Whether this process may use AMX tiles: Linux hands out the 8 KB of tile state only on request
+    (arch_prctl ARCH_REQ_XCOMP_PERM); an AMX instruction without it kills the process."""
+    if not sys.platform.startswith("linux") or not llvm.get_process_triple().startswith("x86_64"):
+        return False
+    import ctypes
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, XTILEDATA
+    except (OSError, AttributeError):
+        return False
+
+
 def _int8_path():
-    """How int8 group dots are computed: vnni (vpdpbusd), avx2 (vpmaddubsw + vpmaddwd), sse2 (pmaddwd on
-    bytes widened to 16 bits, what every x86-64 has) or portable (a plain loop).
+    """How int8 group dots are computed: amx (tdpbssd for tiles of 16 weight rows x 8 tokens, vnni for the
+    rest), vnni (vpdpbusd), avx2 (vpmaddubsw + vpmaddwd), sse2 (pmaddwd on bytes widened to 16 bits, what
+    every x86-64 has) or portable (a plain loop).
 
     LLAMA2_INT8_DOT forces one (tests check each against the exact integer
     reference); asking for one the target lacks is an error.
@@ -123,13 +136,17 @@ def _int8_path():
         have.append("avx2")
     if ("avx512vnni" in FEATURES and "avx512vl" in FEATURES) or "avxvnni" in FEATURES:
         have.append("vnni")
+        if {"amx-tile", "amx-int8"} <= FEATURES and _amx_granted():
+            have.append("amx")
     want = os.environ.get("LLAMA2_INT8_DOT", "").strip().lower()
     if want and want not in have:
         raise ValueError(f"LLAMA2_INT8_DOT={want}: this target ({CPU}) has {', '.join(have)}")
     return want or have[-1]
 
 
-INT8_DOT = _int8_path()
+INT8_PATH = _int8_path()
+INT8_AMX = INT8_PATH == "amx"  # the 8-token tiles through AMX; everything else as vnni
+INT8_DOT = "vnni" if INT8_AMX else INT8_PATH
 INT8_CHUNK = 32  # bytes per step of the vnni and avx2 paths: groups of a multiple of 32 use them
 
 
@@ -177,7 +194,7 @@ def cache_dir(fastmath, parallel):
     would share one cache between the modes.
     """
     feats = hashlib.sha1(",".join(sorted(FEATURES)).encode()).hexdigest()[:8]
-    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}-{INT8_DOT}",
+    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}-{INT8_PATH}",
                        _sources_digest())
     requested = os.environ.get("LLAMA2_CACHE_DIR")
     if not requested:
@@ -925,6 +942,138 @@ def ihsum(typingctx, v):
 
 
 # ----------------------------------------------------------------------------
+# AMX: one tdpbssd multiplies a tile of 16 weight rows by the 8 tokens of an int8 tile
+#
+# Tile registers: tmm0 the weights (16 rows x K bytes of a group, read in place
+# from the checkpoint, a row's stride apart), tmm1 the tokens (K / 4 rows of 8
+# tokens x 4 bytes: _interleave_tile's layout is AMX's), tmm2 the 16 x 8 int32
+# group sums. Signed bytes times signed bytes, exact in int32 as every path.
+
+AMX_ROWS = 16
+
+
+class Q8Tile16(types.Type):
+    def __init__(self):
+        super().__init__(name="q8tile16")
+
+
+q8tile16 = Q8Tile16()
+_Q8TILE = ir.ArrayType(_F32x8, AMX_ROWS)
+
+
+@register_model(Q8Tile16)
+class _Q8Tile16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _Q8TILE)
+
+
+def _amx(builder, name, *args):
+    """Call llvm.x86.<name>; tile registers are i8 immediates, addresses i8*."""
+    i8p = ir.IntType(8).as_pointer()
+    args = [builder.bitcast(a, i8p) if isinstance(a.type, ir.PointerType) else a for a in args]
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]),
+                                        f"llvm.x86.{name}")
+    builder.call(fn, args)
+
+
+def _tmm(k):
+    return ir.Constant(ir.IntType(8), k)
+
+
+@intrinsic
+def amx_configure(typingctx, k):
+    """Load the tile configuration for groups read K = k bytes at a time (64 or 32) on this thread."""
+    def codegen(context, builder, sig, args):
+        cfg = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(8), 64))
+        builder.store(ir.Constant(cfg.type.pointee, [0] * 64), cfg)
+
+        def byte(offset):
+            return builder.gep(cfg, [ir.Constant(_I32, 0), ir.Constant(_I32, offset)])
+        i16 = ir.IntType(16)
+        kb = builder.trunc(args[0], i16)
+        builder.store(ir.Constant(ir.IntType(8), 1), byte(0))  # palette 1
+        for tmm, colsb, rows in ((0, kb, ir.Constant(i16, AMX_ROWS)),  # weights
+                                 (1, ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),  # tokens
+                                 (2, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS))):  # sums
+            builder.store(colsb, builder.bitcast(byte(16 + 2 * tmm), i16.as_pointer()))
+            builder.store(builder.trunc(rows, ir.IntType(8)), byte(48 + tmm))
+        _amx(builder, "ldtilecfg", byte(0))
+        return context.get_dummy_value()
+    return types.none(types.intp), codegen
+
+
+@intrinsic
+def amx_release(typingctx):
+    """Give the tile registers back (the thread's AMX state returns to its initial, unsaved form)."""
+    def codegen(context, builder, sig, args):
+        _amx(builder, "tilerelease")
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def q8tile16_zero(typingctx):
+    """The float sums of 16 weight rows x 8 tokens, zero."""
+    return q8tile16(), lambda context, builder, sig, args: ir.Constant(_Q8TILE, [[0.0] * 8] * AMX_ROWS)
+
+
+@intrinsic
+def q8tile16_store(typingctx, xout, acc, t, i):
+    """xout[t + c, i + r] = the sum of weight row r with token c, for the 16 rows x 8 tokens."""
+    def codegen(context, builder, sig, args):
+        out = context.make_array(sig.args[0])(context, builder, args[0])
+        stride = builder.extract_value(out.shape, 1)
+        for r in range(AMX_ROWS):
+            row = builder.extract_value(args[1], r)
+            for c in range(8):
+                index = builder.add(builder.mul(builder.add(args[2], ir.Constant(stride.type, c)), stride),
+                                    builder.add(args[3], ir.Constant(stride.type, r)))
+                builder.store(builder.extract_element(row, ir.Constant(_I32, c)), builder.gep(out.data, [index]))
+        return context.get_dummy_value()
+    if not (isinstance(xout, types.Array) and xout.dtype == types.float32 and xout.ndim == 2 and xout.layout == "C"):
+        return None
+    return types.none(xout, q8tile16, types.intp, types.intp), codegen
+
+
+@intrinsic
+def amx_q8_group(typingctx, acc, wq, ws, i, g, gs, k, xt, xsg, t):
+    """acc + the group g term of rows i..i+15 against tokens t..t+7: lane c of row r gains
+    (float(sum_j wq[i + r, j] * x[t + c, j]) * ws[i + r, g]) * xsg[t + c], j over the group: q8_lanes' roundings.
+
+    The integer sums: tdpbssd over the group's columns, k at a time (xt: the
+    tokens' bytes as _interleave_tile lays them out, from the group's start).
+    """
+    def codegen(context, builder, sig, args):
+        acc, wq_a, ws_a, i, g, gs, k, xt_a, xsg_a, t = args
+        w = context.make_array(sig.args[1])(context, builder, wq_a)
+        cols = builder.extract_value(w.shape, 1)
+        start = builder.mul(g, gs)
+        wrow = builder.gep(w.data, [builder.add(builder.mul(i, cols), start)])
+        xdata = context.make_array(sig.args[7])(context, builder, xt_a).data
+        xgroup = builder.gep(xdata, [builder.mul(start, ir.Constant(start.type, 8))])
+        _amx(builder, "tilezero", _tmm(2))
+        with cgutils.for_range(builder, builder.udiv(gs, k)) as loop:  # both powers of two when constant
+            off = builder.mul(loop.index, k)
+            _amx(builder, "tileloadd64", _tmm(0), builder.gep(wrow, [off]), cols)
+            _amx(builder, "tileloadd64", _tmm(1), builder.gep(xgroup, [builder.mul(off, ir.Constant(off.type, 8))]),
+                 ir.Constant(cols.type, 32))
+            _amx(builder, "tdpbssd", _tmm(2), _tmm(0), _tmm(1))
+        sums = cgutils.alloca_once(builder, ir.ArrayType(_I32x8, AMX_ROWS))
+        _amx(builder, "tilestored64", _tmm(2), sums, ir.Constant(cols.type, 32))
+        xsv = _load_vec(context, builder, sig.args[8], xsg_a, t, _F32x8)
+        s = context.make_array(sig.args[2])(context, builder, ws_a)
+        ng = builder.extract_value(s.shape, 1)
+        for r in range(AMX_ROWS):
+            row = builder.load(builder.gep(sums, [ir.Constant(_I32, 0), ir.Constant(_I32, r)]), align=32)
+            scale = builder.load(builder.gep(s.data, [builder.add(builder.mul(builder.add(
+                i, ir.Constant(i.type, r)), ng), g)]))
+            term = _q8_terms(builder, row, _splat(builder, scale, 8), xsv)
+            acc = builder.insert_value(acc, builder.fadd(builder.extract_value(acc, r), term), r)
+        return acc
+    return q8tile16(q8tile16, wq, ws, types.intp, types.intp, types.intp, types.intp, xt, xsg, types.intp), codegen
+
+
+# ----------------------------------------------------------------------------
 # a clock readable from jitted code, for the per-kernel profile
 
 @intrinsic
@@ -947,4 +1096,4 @@ def clock_ns(typingctx):
 def describe():
     """One line for the `compile:` report: mode, threads, target and cache."""
     return (f"fastmath {FASTMATH}, {THREADS} thread{'s' if THREADS > 1 else ''}, {CPU} ({tier_name()}, "
-            f"int8 {INT8_DOT}), cache {CACHE_DIR or 'off'}")
+            f"int8 {INT8_PATH}), cache {CACHE_DIR or 'off'}")

@@ -129,9 +129,9 @@ sys.path[:0] = sys.argv[1:3]
 import jit, model
 from reference import matmul_q8, quantize_q8
 from checkpoints import quantize_groups
-assert jit.INT8_DOT == sys.argv[3], jit.INT8_DOT
+assert jit.INT8_PATH == sys.argv[3], jit.INT8_PATH
 rng = np.random.default_rng(5)
-for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128)]:
+for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128), (50, 256, 128)]:
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w[0, :gs] = 1.0  # a whole group at +127
     w[1, :gs] = -1.0  # and at -127
@@ -152,11 +152,11 @@ for rows, cols, gs in [(40, 256, 64), (33, 96, 32), (17, 64, 16), (8, 128, 128)]
     for b in range(n):
         want = matmul_q8(xq[b], xs[b], wq, ws, gs)
         assert np.array_equal(out[b].view(np.int32), want.view(np.int32)), (gs, b)
-print(jit.INT8_DOT, "exact")
+print(jit.INT8_PATH, "exact")
 """
 
 
-@pytest.mark.parametrize("path", ["vnni", "avx2", "sse2", "portable"])
+@pytest.mark.parametrize("path", ["amx", "vnni", "avx2", "sse2", "portable"])
 def test_each_int8_dot_path_is_exact(tmp_path, path):
     """Each way of computing the integer group dots, forced in turn, against the exact NumPy reference."""
     import jit
@@ -164,6 +164,8 @@ def test_each_int8_dot_path_is_exact(tmp_path, path):
     if path == "vnni" and not (("avx512vnni" in jit.FEATURES and "avx512vl" in jit.FEATURES)
                                or "avxvnni" in jit.FEATURES):
         pytest.skip("this CPU has no VNNI")
+    if path == "amx" and not ({"amx-tile", "amx-int8"} <= jit.FEATURES and jit.INT8_PATH == "amx"):
+        pytest.skip("this CPU has no AMX int8, or the kernel does not let this process use it")
     if path == "avx2" and "avx2" not in jit.FEATURES:
         pytest.skip("this CPU has no AVX2")
     from conftest import TESTS
