@@ -994,7 +994,10 @@ def amx_configure(typingctx, k):
         builder.store(ir.Constant(ir.IntType(8), 1), byte(0))  # palette 1
         for tmm, colsb, rows in ((0, kb, ir.Constant(i16, AMX_ROWS)),  # weights
                                  (1, ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),  # tokens
-                                 (2, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS))):  # sums
+                                 (2, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS)),  # sums
+                                 (3, kb, ir.Constant(i16, AMX_ROWS)),  # the same again for a second group
+                                 (4, ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),
+                                 (5, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS))):
             builder.store(colsb, builder.bitcast(byte(16 + 2 * tmm), i16.as_pointer()))
             builder.store(builder.trunc(rows, ir.IntType(8)), byte(48 + tmm))
         _amx(builder, "ldtilecfg", byte(0))
@@ -1035,42 +1038,62 @@ def q8tile16_store(typingctx, xout, acc, t, i):
     return types.none(xout, q8tile16, types.intp, types.intp), codegen
 
 
-@intrinsic
-def amx_q8_group(typingctx, acc, wq, ws, i, g, gs, k, xt, xsg, t):
-    """acc + the group g term of rows i..i+15 against tokens t..t+7: lane c of row r gains
-    (float(sum_j wq[i + r, j] * x[t + c, j]) * ws[i + r, g]) * xsg[t + c], j over the group: q8_lanes' roundings.
+def _amx_q8_groups(count):
+    """amx_q8_group over `count` consecutive groups, each with its own three tile registers: the next
+    group's loads and tdpbssd need not wait for this one's sums to be stored and read (tiles are not
+    renamed)."""
+    def typer(typingctx, acc, wq, ws, i, g, gs, k, xt, xst, t):
+        def codegen(context, builder, sig, args):
+            acc, wq_a, ws_a, i, g, gs, k, xt_a, xst_a, t = args
+            w = context.make_array(sig.args[1])(context, builder, wq_a)
+            cols = builder.extract_value(w.shape, 1)
+            xdata = context.make_array(sig.args[7])(context, builder, xt_a).data
+            sums = []
+            for n in range(count):
+                a_reg, b_reg, c_reg = _tmm(3 * n), _tmm(3 * n + 1), _tmm(3 * n + 2)
+                start = builder.mul(builder.add(g, ir.Constant(g.type, n)), gs)
+                wrow = builder.gep(w.data, [builder.add(builder.mul(i, cols), start)])
+                xgroup = builder.gep(xdata, [builder.mul(start, ir.Constant(start.type, 8))])
+                _amx(builder, "tilezero", c_reg)
+                with cgutils.for_range(builder, builder.udiv(gs, k)) as loop:  # powers of two when constant
+                    off = builder.mul(loop.index, k)
+                    _amx(builder, "tileloadd64", a_reg, builder.gep(wrow, [off]), cols)
+                    _amx(builder, "tileloadd64", b_reg, builder.gep(xgroup, [builder.mul(off, ir.Constant(
+                        off.type, 8))]), ir.Constant(cols.type, 32))
+                    _amx(builder, "tdpbssd", c_reg, a_reg, b_reg)
+                sums.append(cgutils.alloca_once(builder, ir.ArrayType(_I32x8, AMX_ROWS)))
+                _amx(builder, "tilestored64", c_reg, sums[n], ir.Constant(cols.type, 32))
+            s = context.make_array(sig.args[2])(context, builder, ws_a)
+            ng = builder.extract_value(s.shape, 1)
+            xs = context.make_array(sig.args[8])(context, builder, xst_a)
+            for n in range(count):
+                gn = builder.add(g, ir.Constant(g.type, n))
+                index = builder.add(builder.mul(gn, builder.extract_value(xs.strides, 0)),
+                                    builder.mul(t, ir.Constant(t.type, 4)))
+                ptr = builder.gep(builder.bitcast(xs.data, ir.IntType(8).as_pointer()), [index])
+                xsv = builder.load(builder.bitcast(ptr, _F32x8.as_pointer()), align=4)
+                for r in range(AMX_ROWS):
+                    row = builder.load(builder.gep(sums[n], [ir.Constant(_I32, 0), ir.Constant(_I32, r)]), align=32)
+                    scale = builder.load(builder.gep(s.data, [builder.add(builder.mul(builder.add(
+                        i, ir.Constant(i.type, r)), ng), gn)]))
+                    term = _q8_terms(builder, row, _splat(builder, scale, 8), xsv)
+                    acc = builder.insert_value(acc, builder.fadd(builder.extract_value(acc, r), term), r)
+            return acc
+        if not (isinstance(xst, types.Array) and xst.dtype == types.float32 and xst.ndim == 2):
+            return None
+        return q8tile16(q8tile16, wq, ws, types.intp, types.intp, types.intp, types.intp, xt, xst, types.intp), codegen
+    return intrinsic(typer)
+
+
+amx_q8_group = _amx_q8_groups(1)
+amx_q8_group.__doc__ = """acc + the group g term of rows i..i+15 against tokens t..t+7: lane c of row r gains
+    (float(sum_j wq[i + r, j] * x[t + c, j]) * ws[i + r, g]) * xst[g, t + c], j over the group: q8_lanes' roundings.
 
     The integer sums: tdpbssd over the group's columns, k at a time (xt: the
-    tokens' bytes as _interleave_tile lays them out, from the group's start).
+    tokens' bytes as _interleave_tile lays them out).
     """
-    def codegen(context, builder, sig, args):
-        acc, wq_a, ws_a, i, g, gs, k, xt_a, xsg_a, t = args
-        w = context.make_array(sig.args[1])(context, builder, wq_a)
-        cols = builder.extract_value(w.shape, 1)
-        start = builder.mul(g, gs)
-        wrow = builder.gep(w.data, [builder.add(builder.mul(i, cols), start)])
-        xdata = context.make_array(sig.args[7])(context, builder, xt_a).data
-        xgroup = builder.gep(xdata, [builder.mul(start, ir.Constant(start.type, 8))])
-        _amx(builder, "tilezero", _tmm(2))
-        with cgutils.for_range(builder, builder.udiv(gs, k)) as loop:  # both powers of two when constant
-            off = builder.mul(loop.index, k)
-            _amx(builder, "tileloadd64", _tmm(0), builder.gep(wrow, [off]), cols)
-            _amx(builder, "tileloadd64", _tmm(1), builder.gep(xgroup, [builder.mul(off, ir.Constant(off.type, 8))]),
-                 ir.Constant(cols.type, 32))
-            _amx(builder, "tdpbssd", _tmm(2), _tmm(0), _tmm(1))
-        sums = cgutils.alloca_once(builder, ir.ArrayType(_I32x8, AMX_ROWS))
-        _amx(builder, "tilestored64", _tmm(2), sums, ir.Constant(cols.type, 32))
-        xsv = _load_vec(context, builder, sig.args[8], xsg_a, t, _F32x8)
-        s = context.make_array(sig.args[2])(context, builder, ws_a)
-        ng = builder.extract_value(s.shape, 1)
-        for r in range(AMX_ROWS):
-            row = builder.load(builder.gep(sums, [ir.Constant(_I32, 0), ir.Constant(_I32, r)]), align=32)
-            scale = builder.load(builder.gep(s.data, [builder.add(builder.mul(builder.add(
-                i, ir.Constant(i.type, r)), ng), g)]))
-            term = _q8_terms(builder, row, _splat(builder, scale, 8), xsv)
-            acc = builder.insert_value(acc, builder.fadd(builder.extract_value(acc, r), term), r)
-        return acc
-    return q8tile16(q8tile16, wq, ws, types.intp, types.intp, types.intp, types.intp, xt, xsg, types.intp), codegen
+amx_q8_group2 = _amx_q8_groups(2)
+amx_q8_group2.__doc__ = "amx_q8_group of groups g and g + 1, in that order."
 
 
 # ----------------------------------------------------------------------------

@@ -24,11 +24,11 @@ import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
 from jit import (AMX_ROWS, AVX2, AVX512, EXP_POLY, INT8_AMX, INT8_CHUNK, INT8_DOT, LANES, ROW_PAIRS, ROW_TILE, STRICT,
-                 STRICT_ROWS, TILE, amx_configure, amx_q8_group, amx_release, clock_ns, flane8, fma, fzero8, iadd,
-                 idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub, isub_total, iwsum32, izero,
-                 kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, q8tile16_store, q8tile16_zero,
-                 row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero, vadd, vdiv,
-                 vdot2_halves, vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
+                 STRICT_ROWS, TILE, amx_configure, amx_q8_group, amx_q8_group2, amx_release, clock_ns, flane8, fma,
+                 fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub, isub_total,
+                 iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, q8tile16_store,
+                 q8tile16_zero, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero,
+                 vadd, vdiv, vdot2_halves, vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -1017,12 +1017,19 @@ def _q8_tile_amx(xout, xqt, xst, wq, ws, i, t, gs, k, ahead):
     """
     xt = xqt[t // Q8_TOKENS]
     acc = q8tile16_zero()
-    for g in range(ws.shape[1]):
+    ng = ws.shape[1]
+    for g in range(0, ng - ng % 2, 2):
         if ahead:
-            for line in range(g * gs, g * gs + gs, 64):
+            for line in range(g * gs, g * gs + 2 * gs, 64):
                 for r in range(AMX_ROWS * AMX_AHEAD, AMX_ROWS * AMX_AHEAD + AMX_ROWS):
                     prefetch(wq, (i + r) * wq.shape[1] + line)
-        acc = amx_q8_group(acc, wq, ws, i, g, gs, k, xt, xst[g], t)
+        acc = amx_q8_group2(acc, wq, ws, i, g, gs, k, xt, xst, t)
+    if ng % 2:
+        if ahead:
+            for line in range((ng - 1) * gs, ng * gs, 64):
+                for r in range(AMX_ROWS * AMX_AHEAD, AMX_ROWS * AMX_AHEAD + AMX_ROWS):
+                    prefetch(wq, (i + r) * wq.shape[1] + line)
+        acc = amx_q8_group(acc, wq, ws, i, ng - 1, gs, k, xt, xst, t)
     q8tile16_store(xout, acc, t, i)
 
 
