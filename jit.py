@@ -992,12 +992,10 @@ def amx_configure(typingctx, k):
         i16 = ir.IntType(16)
         kb = builder.trunc(args[0], i16)
         builder.store(ir.Constant(ir.IntType(8), 1), byte(0))  # palette 1
-        for tmm, colsb, rows in ((0, kb, ir.Constant(i16, AMX_ROWS)),  # weights
-                                 (1, ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),  # tokens
-                                 (2, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS)),  # sums
-                                 (3, kb, ir.Constant(i16, AMX_ROWS)),  # the same again for a second group
-                                 (4, ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),
-                                 (5, ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS))):
+        one_group = [(kb, ir.Constant(i16, AMX_ROWS)),  # weights
+                     (ir.Constant(i16, 32), builder.udiv(kb, ir.Constant(i16, 4))),  # tokens
+                     (ir.Constant(i16, 32), ir.Constant(i16, AMX_ROWS))]  # sums
+        for tmm, (colsb, rows) in enumerate(2 * one_group):  # tmm0-2 and tmm3-5: two groups in flight
             builder.store(colsb, builder.bitcast(byte(16 + 2 * tmm), i16.as_pointer()))
             builder.store(builder.trunc(rows, ir.IntType(8)), byte(48 + tmm))
         _amx(builder, "ldtilecfg", byte(0))
@@ -1065,13 +1063,10 @@ def _amx_q8_groups(count):
                 _amx(builder, "tilestored64", c_reg, sums[n], ir.Constant(cols.type, 32))
             s = context.make_array(sig.args[2])(context, builder, ws_a)
             ng = builder.extract_value(s.shape, 1)
-            xs = context.make_array(sig.args[8])(context, builder, xst_a)
+            tokens = builder.extract_value(context.make_array(sig.args[8])(context, builder, xst_a).shape, 1)
             for n in range(count):
                 gn = builder.add(g, ir.Constant(g.type, n))
-                index = builder.add(builder.mul(gn, builder.extract_value(xs.strides, 0)),
-                                    builder.mul(t, ir.Constant(t.type, 4)))
-                ptr = builder.gep(builder.bitcast(xs.data, ir.IntType(8).as_pointer()), [index])
-                xsv = builder.load(builder.bitcast(ptr, _F32x8.as_pointer()), align=4)
+                xsv = _load_vec(context, builder, sig.args[8], xst_a, builder.add(builder.mul(gn, tokens), t), _F32x8)
                 for r in range(AMX_ROWS):
                     row = builder.load(builder.gep(sums[n], [ir.Constant(_I32, 0), ir.Constant(_I32, r)]), align=32)
                     scale = builder.load(builder.gep(s.data, [builder.add(builder.mul(builder.add(
@@ -1079,7 +1074,7 @@ def _amx_q8_groups(count):
                     term = _q8_terms(builder, row, _splat(builder, scale, 8), xsv)
                     acc = builder.insert_value(acc, builder.fadd(builder.extract_value(acc, r), term), r)
             return acc
-        if not (isinstance(xst, types.Array) and xst.dtype == types.float32 and xst.ndim == 2):
+        if not (isinstance(xst, types.Array) and xst.dtype == types.float32 and xst.ndim == 2 and xst.layout == "C"):
             return None
         return q8tile16(q8tile16, wq, ws, types.intp, types.intp, types.intp, types.intp, xt, xst, types.intp), codegen
     return intrinsic(typer)
