@@ -28,7 +28,8 @@ from jit import (AMX_ROWS, AVX2, AVX512, EXP_POLY, INT8_AMX, INT8_CHUNK, INT8_DO
                  fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub, isub_total,
                  iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, q8tile16_store,
                  q8tile16_zero, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero,
-                 vadd, vdiv, vdot2_halves, vdot_halves, vfma, vlane, vload, vsplat, vstore, vsum, vzero)
+                 vadd, vdiv, vdot2_halves, vdot_halves, vfma, vlane, vabs, vload, vmax, vmax_total, vquantize, vsplat,
+                 vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -292,7 +293,14 @@ def exp(x):
 def softmax(x):
     """x = exp(x - max x) / sum exp(x - max x), in place."""
     max_val = x[0]
-    for i in range(1, x.shape[0]):
+    tail = 1
+    if max_val == max_val:  # 16 lanes at a time (32000 logits: 31 us -> 2); a NaN first stays the max, as in C
+        m = vsplat(max_val)
+        for i in range(0, x.shape[0] - LANES + 1, LANES):
+            m = vmax(m, vload(x, i))
+        max_val = vmax_total(m)
+        tail = x.shape[0] - x.shape[0] % LANES
+    for i in range(tail, x.shape[0]):
         if x[i] > max_val:
             max_val = x[i]
     for i in range(x.shape[0]):
@@ -883,23 +891,36 @@ def _quantize_row(qr, sr, xr, gs):
     """quantize() of one row."""
     for g in range(xr.shape[0] // gs):
         wmax = np.float32(0.0)
-        for i in range(g * gs, g * gs + gs):
-            v = abs(xr[i])
-            if v > wmax:
-                wmax = v
+        if gs % LANES == 0:  # 16 lanes at a time (8 rows of 768: 12 us a call one value at a time)
+            m = vzero()
+            for i in range(g * gs, g * gs + gs, LANES):
+                m = vmax(m, vabs(vload(xr, i)))
+            wmax = vmax_total(m)
+        else:
+            for i in range(g * gs, g * gs + gs):
+                v = abs(xr[i])
+                if v > wmax:
+                    wmax = v
         scale = wmax / np.float32(127.0)
         sr[g] = scale
-        for i in range(g * gs, g * gs + gs):
-            # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
-            qr[i] = np.int8(_round_half_away(xr[i] / scale)) if scale != 0 else np.int8(0)
+        if scale == 0:  # runq.c divides 0 by 0 on an all-zero group and its int8 cast of NaN gives 0
+            qr[g * gs:g * gs + gs] = 0
+        elif gs % LANES == 0:
+            for i in range(g * gs, g * gs + gs, LANES):
+                vquantize(qr, xr, i, scale)
+        else:
+            for i in range(g * gs, g * gs + gs):
+                qr[i] = np.int8(_round_half_away(xr[i] / scale))
 
 
 @inline
 def _round_half_away(v):
     """C's round(): to nearest, halves away from zero (np.round would go to even)."""
-    r = np.floor(np.abs(v) + np.float32(0.5))
-    if r - np.abs(v) > np.float32(0.5):  # abs(v) + 0.5 rounded up in float32
-        r -= np.float32(1.0)
+    a = np.abs(v)
+    r = np.floor(a)
+    # a - floor(a) is exact, where floor(a + 0.5) is not: 0.49999997 + 0.5 rounds to 1 in float32
+    if a - r >= np.float32(0.5):
+        r += np.float32(1.0)
     return r if v >= 0 else -r
 
 
@@ -1154,17 +1175,20 @@ def _block_q8(xout, xq, xs, xst, xqt, xqsum, wq, ws, i0, i1, tiles):
 def _interleave_tile(xqt, xqsum, xq, tile, cols, gs):
     """xqt[tile] = the first cols columns of rows 8 tile .. 8 tile + 7 of xq, interleaved by four; for VNNI also
     xqsum[g, b] = 128 * the sum of row b's group g, for those rows."""
-    x32, t32 = xq.view(np.int32), xqt[tile].view(np.int32)  # four columns at a time
-    for j in range(cols // 4):
+    # zero-based views: numba then drops its negative-index checks and LLVM vectorizes (8 x 768: 3.3 us -> 0.44)
+    x32, t32 = xq[tile * Q8_TOKENS:tile * Q8_TOKENS + Q8_TOKENS].view(np.int32), xqt[tile].view(np.int32)
+    for j in range(cols // 4):  # four columns at a time
         for k in range(Q8_TOKENS):
-            t32[Q8_TOKENS * j + k] = x32[tile * Q8_TOKENS + k, j]
+            t32[Q8_TOKENS * j + k] = x32[k, j]
     if INT8_DOT == "vnni":
-        for b in range(tile * Q8_TOKENS, tile * Q8_TOKENS + Q8_TOKENS):
+        for k in range(Q8_TOKENS):
+            row = xq[tile * Q8_TOKENS + k]
             for g in range(cols // gs):
+                group = row[g * gs:g * gs + gs]
                 total = np.int32(0)
-                for j in range(g * gs, g * gs + gs):
-                    total = np.int32(total + np.int32(xq[b, j]))
-                xqsum[g, b] = np.int32(128) * total
+                for j in range(gs):
+                    total = np.int32(total + np.int32(group[j]))
+                xqsum[g, tile * Q8_TOKENS + k] = np.int32(128) * total
 
 
 @inline

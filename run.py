@@ -271,7 +271,8 @@ import numpy as np  # noqa: E402
 import checkpoint  # noqa: E402
 import jit  # noqa: E402
 import model  # noqa: E402
-from jit import kernel  # noqa: E402
+from jit import kernel, pkernel  # noqa: E402
+from numba import prange  # noqa: E402
 from tokenizer import BOS, EOS, TextStream, Tokenizer, TokenizerError  # noqa: E402
 
 # ----------------------------------------------------------------------------
@@ -389,6 +390,26 @@ def sample_topp(probabilities, topp, coin, index, scratch, counts):
     return index[last]
 
 
+@kernel
+def sample_token(logits, temperature, topp, coin, index, scratch, counts):
+    """run.c's sample(): argmax at temperature 0, else softmax(logits / temperature) (in place) sampled with
+    coin, among all tokens or, with 0 < topp < 1, top-p."""
+    if temperature == 0:
+        return sample_argmax(logits)
+    temperature_softmax(logits, temperature)
+    if topp <= 0 or topp >= 1:
+        return sample_mult(logits, coin)
+    return sample_topp(logits, topp, coin, index, scratch, counts)
+
+
+@pkernel
+def sample_rows(logits, temperature, topp, coins, index, scratch, counts, tokens):
+    """tokens[r] = sample_token of logits[r] with coins[r] and row r of the work buffers, the rows in parallel
+    (8 samples of 110M: a step's sampling 0.36 ms one row after the other)."""
+    for r in prange(tokens.shape[0]):
+        tokens[r] = sample_token(logits[r], temperature, topp, coins[r], index[r], scratch[r], counts[r])
+
+
 class Sampler:
     """run.c's Sampler: greedy at temperature 0, else multinomial or top-p."""
 
@@ -401,15 +422,17 @@ class Sampler:
         self.scratch = np.zeros(vocab_size, np.int32)
         self.counts = np.zeros(2048, np.int64)
 
+    def coin(self):
+        """The next coin of the sampler's generator (run.c draws none at temperature 0)."""
+        if self.temperature == 0:
+            return np.float32(0.0)
+        self.rng_state, coin = random_f32(self.rng_state)
+        return coin
+
     def sample(self, logits):
         """Next token id from logits (overwritten with probabilities when sampling)."""
-        if self.temperature == 0:
-            return int(sample_argmax(logits))
-        temperature_softmax(logits, self.temperature)
-        self.rng_state, coin = random_f32(self.rng_state)
-        if self.topp <= 0 or self.topp >= 1:
-            return int(sample_mult(logits, coin))
-        return int(sample_topp(logits, self.topp, coin, self.index, self.scratch, self.counts))
+        return int(sample_token(logits, self.temperature, self.topp, self.coin(), self.index, self.scratch,
+                                self.counts))
 
 
 # ----------------------------------------------------------------------------
@@ -532,10 +555,11 @@ def warm_up(transformer, sampler):
     """
     t0 = time.perf_counter()
     logits = transformer.forward(0, 0).copy()
-    sample_argmax(logits)
-    temperature_softmax(logits, np.float32(1.0))
-    sample_mult(logits, np.float32(0.5))
-    sample_topp(logits, np.float32(0.9), np.float32(0.5), sampler.index, sampler.scratch, sampler.counts)
+    sample_token(logits, np.float32(1.0), np.float32(0.9), np.float32(0.5), sampler.index, sampler.scratch,
+                 sampler.counts)
+    if transformer.seqs > 1:  # samples decoded together sample their rows in one call
+        sample_rows(logits[None], np.float32(1.0), np.float32(0.9), np.zeros(1, np.float32), sampler.index[None],
+                    sampler.scratch[None], sampler.counts[None], np.zeros(1, np.int32))
     return time.perf_counter() - t0
 
 
@@ -723,6 +747,10 @@ class Lockstep:
         self.stop_label, self.shift, self.keep, self.utf8 = stop_label, shift, keep, utf8
         self.generated = 0  # tokens generated after each sample's first, over all samples
         self.decode_seconds = 0.0  # time spent in the batched steps
+        n, vocab = transformer.seqs, transformer.config.vocab_size
+        # sample_rows' work buffers, a row per sequence (each Sampler's own serve its prompt's first token)
+        self.index, self.scratch = np.zeros((n, vocab), np.int32), np.zeros((n, vocab), np.int32)
+        self.counts, self.next_tokens = np.zeros((n, 2048), np.int64), np.zeros(n, np.int32)
 
     def run(self, jobs):
         """Yield a Sample for every job, in job order."""
@@ -784,15 +812,14 @@ class Lockstep:
             slot["stop"] = self.stop_label
             return slot
         slot["token"] = tokens[-1]
-        self._advance(slot, logits)
+        self._advance(slot, slot["sampler"].sample(logits))
         return slot
 
     def _emit(self, slot, piece):
         slot["out"].append(slot["stream"].push(piece))
 
-    def _advance(self, slot, logits):
-        """Sample the next token from the slot's logits; end the sample at BOS or at its last step."""
-        nxt = slot["sampler"].sample(logits)
+    def _advance(self, slot, nxt):
+        """Take nxt as the slot's next token; end the sample at BOS or at its last step."""
         if nxt == BOS:
             slot["stop"] = "bos"
             return
@@ -812,12 +839,16 @@ class Lockstep:
         tokens = np.array([slots[s]["token"] for s in live], np.int32)
         pos = np.array([slots[s]["ctx"].pos for s in live], np.int32)
         logits = self.t.run(tokens, pos, np.array(live, np.int32), np.ones(len(live), np.int32))
+        coins = np.array([slots[s]["sampler"].coin() for s in live], np.float32)
+        nxt = self.next_tokens[:len(live)]
+        sample_rows(logits, np.float32(self.temperature), np.float32(self.topp), coins, self.index, self.scratch,
+                    self.counts, nxt)
         for r, s in enumerate(live):
             slot = slots[s]
             slot["ctx"].tokens.append(slot["token"])
             slot["pos"] += 1
             slot["generated"] += 1
-            self._advance(slot, logits[r])
+            self._advance(slot, int(nxt[r]))
         self.decode_seconds += time.perf_counter() - t0
         self.generated += len(live)
 

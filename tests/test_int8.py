@@ -15,21 +15,26 @@ from reference import Q8NumpyModel, matmul_q8, quantize_q8
 F = np.float32
 
 
-def test_quantize_matches_reference_including_ties_and_zero_groups():
-    gs = 8
+@pytest.mark.parametrize("gs", [8, 16, 64])  # 16 and 64 take the 16-lane path, 8 the scalar loop
+def test_quantize_matches_reference_including_ties_and_zero_groups(gs):
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(64) * 3).astype(F)
-    x[8:16] = 0  # an all-zero group: scale 0, values 0
-    # max 127 gives scale exactly 1, so these land exactly on halves: C's round() goes away from zero
-    x[16:24] = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -126.5, 3.49999], F)
-    q, s = np.zeros((1, 64), np.int8), np.zeros((1, 8), F)
+    x = (rng.standard_normal(4 * gs) * 3).astype(F)
+    x[gs:2 * gs] = 0  # an all-zero group: scale 0, values 0
+    # max 127 gives scale exactly 1, so these land exactly on halves: C's round() goes away from zero;
+    # 0.49999997 + 0.5 rounds up to 1 in float32, yet C's round(0.49999997) is 0
+    ties = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -126.5, 3.49999], F)
+    x[2 * gs:3 * gs] = np.resize(ties, gs)
+    x[3 * gs] = 127
+    x[3 * gs + 1:3 * gs + 3] = np.nextafter(F(0.5), F(0)), -np.nextafter(F(0.5), F(0))
+    q, s = np.zeros((1, 4 * gs), np.int8), np.zeros((1, 4), F)
     model.quantize(q, s, x[None], gs)
     q, s = q[0], s[0]
     rq, rs = quantize_q8(x, gs)
     assert np.array_equal(s.view(np.int32), rs.view(np.int32))
     assert np.array_equal(q, rq)
-    assert list(q[16:24]) == [127, 3, -3, 1, -1, 2, -127, 3]  # by hand
-    assert not q[8:16].any() and s[1] == 0
+    assert list(q[2 * gs:2 * gs + 8]) == [127, 3, -3, 1, -1, 2, -127, 3]  # by hand
+    assert list(q[3 * gs:3 * gs + 3]) == [127, 0, 0]
+    assert not q[gs:2 * gs].any() and s[1] == 0
 
 
 @pytest.mark.parametrize("rows, cols, gs", [(32, 64, 16), (48, 96, 32), (7, 128, 64)])

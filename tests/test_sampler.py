@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import model
 import run
 
 F = np.float32
@@ -135,3 +136,38 @@ def test_radix_sort_orders_like_a_stable_descending_sort(n):
     run.sort_by_prob_desc(index, keep.size, probs, np.zeros(n, np.int32), np.zeros(2048, np.int64))
     expected = keep[np.argsort(-probs[keep], kind="stable")]
     assert np.array_equal(index[:keep.size], expected)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 33])  # the 16-lane max and its tail
+def test_softmax_of_short_rows_matches_numpy(n):
+    rng = np.random.default_rng(n)
+    logits = (rng.standard_normal(n) * 3).astype(F)
+    logits[n // 2] = 9  # the max away from the first value, in the vector part or the tail
+    probs = logits.copy()
+    model.softmax(probs)
+    ref = np.exp(logits.astype(np.float64) - 9)
+    np.testing.assert_allclose(probs, ref / ref.sum(), rtol=1e-5)
+
+
+def test_softmax_keeps_a_nan_first_value_as_the_max_like_c():
+    probs = np.array([np.nan] + [1.0] * 20, F)
+    model.softmax(probs)
+    assert np.isnan(probs).all()  # C's `if (x[i] > max_val)` never replaces a NaN
+
+
+@pytest.mark.parametrize("temperature, topp", [(1.0, 0.9), (0.8, 1.0), (0.0, 0.9)])
+def test_sampling_rows_together_equals_each_sampler_alone(temperature, topp):
+    rng = np.random.default_rng(3)
+    rows, vocab = 5, 700
+    logits = (rng.standard_normal((rows, vocab)) * 4).astype(F)
+    alone = [run.Sampler(vocab, temperature, topp, 10 + r) for r in range(rows)]
+    together = [run.Sampler(vocab, temperature, topp, 10 + r) for r in range(rows)]
+    expected = [[s.sample(row.copy()) for s, row in zip(alone, logits)] for _ in range(3)]
+    got = []
+    for _ in range(3):
+        tokens = np.zeros(rows, np.int32)
+        run.sample_rows(logits.copy(), F(temperature), F(topp), np.array([s.coin() for s in together], F),
+                        np.zeros((rows, vocab), np.int32), np.zeros((rows, vocab), np.int32),
+                        np.zeros((rows, 2048), np.int64), tokens)
+        got.append(tokens.tolist())
+    assert got == expected
