@@ -283,7 +283,8 @@ def _load_vec(context, builder, arytype, ary, index, vectype, align=4):
 
 
 def _halving_sum(builder, x, add):
-    """Lane 0 of x after adding its upper half to its lower half until one lane is left (vsum's tree)."""
+    """Lane 0 of x after adding its upper half to its lower half until one lane is left (vsum's tree; any
+    other pairwise op in place of add)."""
     width = x.type.count
     while width > 1:
         half = width // 2
@@ -399,15 +400,8 @@ def vabs(typingctx, v):
 def vmax_total(typingctx, m):
     """The largest lane (exact in any order)."""
     def codegen(context, builder, sig, args):
-        width = LANES
-        x = args[0]
-        while width > 1:  # maxnum of the halves until one lane is left
-            half = width // 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
-            x = _intrinsic_call(builder, f"llvm.maxnum.v{half}f32", lo.type, [lo, hi])
-            width = half
-        return builder.extract_element(x, ir.Constant(_I32, 0))
+        return _halving_sum(builder, args[0], lambda lo, hi: _intrinsic_call(
+            builder, f"llvm.maxnum.v{lo.type.count}f32", lo.type, [lo, hi]))
     return types.float32(f32x16), codegen
 
 

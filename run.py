@@ -413,14 +413,14 @@ def sample_rows(logits, temperature, topp, coins, index, scratch, counts, tokens
 class Sampler:
     """run.c's Sampler: greedy at temperature 0, else multinomial or top-p."""
 
-    def __init__(self, vocab_size, temperature, topp, rng_seed):
+    def __init__(self, vocab_size, temperature, topp, rng_seed, work=None):
         self.vocab_size = vocab_size
         self.temperature = np.float32(temperature)
         self.topp = np.float32(topp)
         self.rng_state = rng_seed
-        self.index = np.zeros(vocab_size, np.int32)  # top-p work buffers (run.c's probindex)
-        self.scratch = np.zeros(vocab_size, np.int32)
-        self.counts = np.zeros(2048, np.int64)
+        # top-p work buffers (run.c's probindex): (index, scratch, counts), given or allocated here
+        self.index, self.scratch, self.counts = work or (np.zeros(vocab_size, np.int32),
+                                                         np.zeros(vocab_size, np.int32), np.zeros(2048, np.int64))
 
     def coin(self):
         """The next coin of the sampler's generator (run.c draws none at temperature 0)."""
@@ -748,7 +748,7 @@ class Lockstep:
         self.generated = 0  # tokens generated after each sample's first, over all samples
         self.decode_seconds = 0.0  # time spent in the batched steps
         n, vocab = transformer.seqs, transformer.config.vocab_size
-        # sample_rows' work buffers, a row per sequence (each Sampler's own serve its prompt's first token)
+        # sample_rows' work buffers, a row per sequence; the sequence's Sampler uses the same row
         self.index, self.scratch = np.zeros((n, vocab), np.int32), np.zeros((n, vocab), np.int32)
         self.counts, self.next_tokens = np.zeros((n, 2048), np.int64), np.zeros(n, np.int32)
 
@@ -784,8 +784,9 @@ class Lockstep:
 
     # one sample's state: its job, sampler, context, text stream, current token, position
     def _start(self, job, index, seq, shared):
+        work = (self.index[seq], self.scratch[seq], self.counts[seq])
         slot = dict(job=job, index=index, sampler=Sampler(self.t.config.vocab_size, self.temperature, self.topp,
-                                                           job.seed),
+                                                           job.seed, work),
                     stream=TextStream(self.utf8), out=[], stop=None, generated=0, t_first=None)
         tokens = self.tok.encode(job.prompt, bos=True, eos=False)
         slot["ctx"] = ctx = Context(self.t, seq, self.shift, self.keep if self.keep is not None else len(tokens))
