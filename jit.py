@@ -102,8 +102,10 @@ TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
 ROW_TILE = 8 if AVX512 else 4 if AVX2 else 2
 # fast one-token matmuls read two weight rows side by side (model.dot2), where the target has 16 ymm or 32
 # zmm registers for their four accumulator chains (Intel Xeon, 110M, mapped weights, one thread: AVX-512
-# 1.26x one row at a time, AVX2 1.28x; baseline x86-64 0.96x, its 16 xmm registers too few)
-ROW_PAIRS = AVX2 or AVX512
+# 1.26x one row at a time, AVX2 1.28x; baseline x86-64 0.96x, its 16 xmm registers too few), and is not an
+# AMD core: on a Zen 4 two neighbouring rows stream at half the speed of one (one thread, weights from DRAM,
+# 11-16 GB/s against 22-31 at every offset in a line; 110M --threads 1 0.54x), whatever the register count
+ROW_PAIRS = (AVX2 or AVX512) and not CPU.lower().startswith(("znver", "bdver"))
 # strict one-token matmuls carry this many rows' sums side by side, one per lane (an R x R transpose in
 # registers: 16 x 16 fits AVX-512's 32 registers, 8 x 8 the 16 of AVX2 and SSE)
 STRICT_ROWS = 16 if AVX512 else 8

@@ -433,3 +433,42 @@ def test_switching_threads_between_passes_does_not_change_the_text(tmp_path):
     assert r.returncode == 0, r.stderr
     fixed, flipping = (tmp_path / "outFalse").read_bytes(), (tmp_path / "outTrue").read_bytes()
     assert len(set(fixed)) > 10 and fixed == flipping
+
+
+_DOT2_CHECK = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import jit  # before numba: it settles the cache directory of this mode
+import model
+import numpy as np
+from numba import njit
+
+@njit
+def both(a0, a1, b):
+    p0, p1 = model.dot2(a0, a1, b)
+    return p0, p1, model.dot(a0, b), model.dot(a1, b)
+
+rng = np.random.default_rng(3)
+for n in (7, 16, 288, 290, 768, 1000):
+    a = rng.standard_normal((2, n), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    p0, p1, d0, d1 = both(a[0], a[1], b)
+    assert np.float32(p0).view(np.int32) == np.float32(d0).view(np.int32), (n, p0, d0)
+    assert np.float32(p1).view(np.int32) == np.float32(d1).view(np.int32), (n, p1, d1)
+    assert abs(d0 - float(a[0].astype(np.float64) @ b)) <= 1e-4 * (np.abs(a[0]) @ np.abs(b)), n
+print("OK")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tier", ["host", "haswell", "generic"])
+def test_two_rows_side_by_side_give_each_rows_dot_bits(tmp_path, tier):
+    """model.dot2 (Intel targets' one-token rows) sums each row exactly as dot does: fast-math text does not
+    depend on whether the target reads rows in pairs. Called directly, so it is checked on every host."""
+    import jit
+    from conftest import ROOT
+    env = dict(os.environ, LLAMA2_FASTMATH="on", LLAMA2_THREADS="1", LLAMA2_CACHE_DIR=str(tmp_path / "cache"),
+               **jit.TIERS[tier])
+    out = subprocess.run([sys.executable, "-c", _DOT2_CHECK, ROOT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
