@@ -102,10 +102,12 @@ TILE = (3, 4) if AVX512 else (3, 2) if AVX2 else (1, 2)
 ROW_TILE = 8 if AVX512 else 4 if AVX2 else 2
 # fast one-token matmuls read two weight rows side by side (model.dot2), where the target has 16 ymm or 32
 # zmm registers for their four accumulator chains (Intel Xeon, 110M, mapped weights, one thread: AVX-512
-# 1.26x one row at a time, AVX2 1.28x; baseline x86-64 0.96x, its 16 xmm registers too few), and is not an
-# AMD core: on a Zen 4 two neighbouring rows stream at half the speed of one (one thread, weights from DRAM,
-# 11-16 GB/s against 22-31 at every offset in a line; 110M --threads 1 0.54x), whatever the register count
-ROW_PAIRS = (AVX2 or AVX512) and not CPU.lower().startswith(("znver", "bdver"))
+# 1.26x one row at a time, AVX2 1.28x; baseline x86-64 0.96x, its 16 xmm registers too few), unless the
+# machine running the code is an AMD core: on a Zen 4 two neighbouring rows stream at half the speed of one
+# (one thread, weights from DRAM, 11-16 GB/s against 22-31 at every offset in a line; 110M --threads 1
+# 0.54x), for the AVX-512 and the haswell build alike. That is its memory system's doing, not the
+# instruction set's, so the host decides (the sums, and so the text, are the same either way).
+ROW_PAIRS = (AVX2 or AVX512) and not llvm.get_host_cpu_name().lower().startswith(("znver", "bdver"))
 # strict one-token matmuls carry this many rows' sums side by side, one per lane (an R x R transpose in
 # registers: 16 x 16 fits AVX-512's 32 registers, 8 x 8 the 16 of AVX2 and SSE)
 STRICT_ROWS = 16 if AVX512 else 8
@@ -189,14 +191,16 @@ def cache_dir(fastmath, parallel):
     """(directory for this mode's compiled code or None, warning or None).
 
     The directory is keyed on the fast-math mode, serial or parallel, the
-    target CPU and its features, and the kernel sources. If the requested
+    target CPU and its features, the int8 path and the row order (both
+    chosen partly by the host), and the kernel sources. If the requested
     place cannot be written (read-only, a file, no HOME), a private directory
     under the system's temporary directory is used instead, and failing that
     nothing is cached: numba's own fallback, __pycache__ beside the sources,
     would share one cache between the modes.
     """
     feats = hashlib.sha1(",".join(sorted(FEATURES)).encode()).hexdigest()[:8]
-    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}-{INT8_PATH}",
+    rows = "pairs" if ROW_PAIRS else "rows"
+    sub = os.path.join(f"{fastmath}-{'parallel' if parallel else 'serial'}-{CPU}-{feats}-{INT8_PATH}-{rows}",
                        _sources_digest())
     requested = os.environ.get("LLAMA2_CACHE_DIR")
     if not requested:

@@ -5,8 +5,9 @@
 
 Each variant computes W (d, n) @ x for one token, the case that decides
 generation speed. Fast math: two rows read side by side, each summed as
-its 16-lane dot (model.py's choice where the target has AVX2), against one
-row at a time and 8 rows side by side; all three give the same bits.
+its 16-lane dot (model.py's choice where the target has AVX2 and the
+machine is not an AMD core), against one row at a time and 8 rows side
+by side; all three give the same bits.
 Every matrix starts --offset bytes into a 64-byte cache line: 28 by
 default, where a checkpoint's 28-byte header puts every tensor of a mapped
 file (a row's speed can depend on it). Strict: 16 (AVX-512) or 8 rows as the lanes of a vector (model.py's

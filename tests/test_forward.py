@@ -463,8 +463,8 @@ print("OK")
 @pytest.mark.slow
 @pytest.mark.parametrize("tier", ["host", "haswell", "generic"])
 def test_two_rows_side_by_side_give_each_rows_dot_bits(tmp_path, tier):
-    """model.dot2 (Intel targets' one-token rows) sums each row exactly as dot does: fast-math text does not
-    depend on whether the target reads rows in pairs. Called directly, so it is checked on every host."""
+    """model.dot2 (one-token rows of AVX2 and AVX-512 builds off AMD cores) sums each row exactly as dot does:
+    fast-math text does not depend on whether rows are read in pairs. Called directly, so checked on any host."""
     import jit
     from conftest import ROOT
     env = dict(os.environ, LLAMA2_FASTMATH="on", LLAMA2_THREADS="1", LLAMA2_CACHE_DIR=str(tmp_path / "cache"),
