@@ -27,9 +27,14 @@ def files(tmp_path_factory):
     }
 
 
+# a guard against a hung run, not a speed check: compiling the parallel int8 build into an empty cache took
+# 280-300+ s on a Zen 1-class host (2 cores), where 300 s failed the cold-and-warm test below
+TIMEOUT = 1200
+
+
 def run_py(*args, stdin=b"", env=None, cwd=None):
     r = subprocess.run([sys.executable, RUN, *map(str, args)], input=stdin, capture_output=True,
-                       timeout=300, env=dict(os.environ, **(env or {})), cwd=cwd)
+                       timeout=TIMEOUT, env=dict(os.environ, **(env or {})), cwd=cwd)
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 
 
