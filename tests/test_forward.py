@@ -175,6 +175,24 @@ def test_mmap_and_in_memory_loading_agree(tmp_path):
         assert np.array_equal(a.forward(pos, pos), b.forward(pos, pos))
 
 
+@pytest.mark.parametrize("version", [0, 1])
+def test_activations_and_weights_read_into_memory_start_on_cache_lines(tmp_path, version):
+    """Every run-state buffer, and (with mmap=False) every tensor of a file whose header is 28 bytes (v0) or 256
+    (v1), starts on a 64-byte line, where vector loads do not straddle two lines; the values are the file's."""
+    w = random_weights(*SHAPES["gqa"], shared=False, seed=2)
+    path = str(write_checkpoint(tmp_path / "m.bin", w, version=version))
+    t = model.Transformer(path, mmap=False, rows=5, seqs=3)
+    mapped = model.Transformer(path, mmap=True)
+    for name in t.state._fields:
+        a = getattr(t.state, name)
+        assert a.size == 0 or a.ctypes.data % 64 == 0, name  # (an fp32 model has no int8 buffers)
+    for name in ("wq", "wk", "w1", "w2", "wcls"):
+        a = getattr(t.weights, name)
+        assert a.ctypes.data % 64 == 0 and not a.flags.writeable, name
+        assert np.array_equal(a, getattr(mapped.weights, name)), name
+    assert np.array_equal(t.state.key_cache, np.zeros_like(t.state.key_cache))
+
+
 def test_the_mapping_asks_for_huge_pages(tmp_path):
     """The checkpoint's mapping carries MADV_HUGEPAGE ("hg" in its smaps VmFlags, Linux)."""
     if not os.path.exists("/proc/self/smaps") or not hasattr(mmap, "MADV_HUGEPAGE"):
