@@ -30,6 +30,10 @@ for p in (ROOT, TESTS):
 
 SHARED_MODELS = os.path.join(ROOT, "..", "shared", "models")
 
+# seconds a run.py subprocess may take: a guard against a hang, not a speed check (compiling the parallel
+# int8 build into an empty cache took 280-300+ s on a Zen 1-class host with 2 cores, and CI runs there too)
+HANG_TIMEOUT = 1800
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: compiles other modes or CPU tiers in subprocesses, or runs long")

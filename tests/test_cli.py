@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from checkpoints import MAGIC, random_weights, write_checkpoint, write_tokenizer
-from conftest import ROOT
+from conftest import HANG_TIMEOUT, ROOT
 
 RUN = os.path.join(ROOT, "run.py")
 VOCAB = 400
@@ -27,14 +27,9 @@ def files(tmp_path_factory):
     }
 
 
-# a guard against a hung run, not a speed check: compiling the parallel int8 build into an empty cache took
-# 280-300+ s on a Zen 1-class host (2 cores), where 300 s failed the cold-and-warm test below
-TIMEOUT = 1200
-
-
 def run_py(*args, stdin=b"", env=None, cwd=None):
     r = subprocess.run([sys.executable, RUN, *map(str, args)], input=stdin, capture_output=True,
-                       timeout=TIMEOUT, env=dict(os.environ, **(env or {})), cwd=cwd)
+                       timeout=HANG_TIMEOUT, env=dict(os.environ, **(env or {})), cwd=cwd)
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 
 
@@ -110,7 +105,8 @@ SOURCES = ("jit.py", "checkpoint.py", "model.py", "run.py", "tokenizer.py")
 def test_no_arguments_and_no_demo_model_prints_usage_and_fails(tmp_path):
     for name in SOURCES:  # a checkout without demo/
         (tmp_path / name).write_bytes(open(os.path.join(ROOT, name), "rb").read())
-    r = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True,
+                       timeout=HANG_TIMEOUT)
     assert r.returncode != 0 and "Usage:" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -392,7 +388,7 @@ def test_a_fifo_is_not_a_checkpoint(files, tmp_path):
 
 def test_closed_stdout_is_one_line(files):
     r = subprocess.run([sys.executable, RUN, files["model"], "-z", files["tok"], "-n", "8"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=HANG_TIMEOUT,
                        preexec_fn=lambda: os.close(1))
     one_line_error(r.returncode, r.stderr.decode(), "stdout")
 
@@ -401,7 +397,7 @@ def test_closed_stdout_is_one_line(files):
 def test_full_stdout_is_one_line(files):
     with open("/dev/full", "wb") as full:
         r = subprocess.run([sys.executable, RUN, files["model"], "-z", files["tok"], "-n", "8"],
-                           stdout=full, stderr=subprocess.PIPE, timeout=300)
+                           stdout=full, stderr=subprocess.PIPE, timeout=HANG_TIMEOUT)
     err = r.stderr.decode()
     assert r.returncode != 0 and "Traceback" not in err
     assert "No space left" in err and len([x for x in err.splitlines() if x.startswith("run.py: error")]) == 1

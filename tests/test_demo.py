@@ -10,7 +10,7 @@ import pytest
 
 import model
 from checkpoints import random_weights, write_checkpoint, write_tokenizer
-from conftest import ROOT
+from conftest import HANG_TIMEOUT, ROOT
 from reference import NumpyModel
 
 RUN = os.path.join(ROOT, "run.py")
@@ -21,7 +21,7 @@ NLL = re.compile(rb"(\d+) tokens, average negative log-likelihood ([0-9.]+) nats
 
 def run_py(*args, cwd=None):
     r = subprocess.run([sys.executable, RUN, *map(str, args), "--no-fastmath", "--threads", "1"],
-                       capture_output=True, timeout=600, cwd=cwd)
+                       capture_output=True, timeout=HANG_TIMEOUT, cwd=cwd)
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import model
 from checkpoints import random_weights, write_checkpoint
+from conftest import HANG_TIMEOUT
 from reference import NumpyModel, ScalarModel
 
 SHAPES = {
@@ -268,7 +269,7 @@ def test_no_kernel_widens_to_float64_or_carries_fast_math_flags(tmp_path, mode):
     env = dict(os.environ, LLAMA2_FASTMATH=mode[0], LLAMA2_THREADS=str(mode[1]),
                LLAMA2_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", _IR_CHECK, ROOT, TESTS, str(tmp_path / "m.bin"), WIDENING,
-                          FAST_FLAGS], env=env, capture_output=True, text=True, timeout=900)
+                          FAST_FLAGS], env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert out.returncode == 0, out.stderr
     rows = [line.split("\t") for line in out.stdout.splitlines()]
     print("\n".join(f"{r[0]}: {r[1]} widening ops, {r[2]} fast-math flags" for r in rows))
@@ -339,7 +340,7 @@ def test_prefill_batches_and_profile_give_the_same_bits_as_one_token_at_a_time(p
 
 def run_probe(path, out, **env):
     r = subprocess.run([sys.executable, PROBE, path, str(out)], env=dict(os.environ, **env),
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
     return dict(np.load(out))
 
@@ -447,7 +448,7 @@ def test_switching_threads_between_passes_does_not_change_the_text(tmp_path):
     tok = write_tokenizer(tmp_path / "tok.bin", 400)
     env = dict(os.environ, LLAMA2_FASTMATH="on", LLAMA2_THREADS="2")
     r = subprocess.run([sys.executable, "-c", _SWITCHING, ROOT, str(path), str(tok), str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
     fixed, flipping = (tmp_path / "outFalse").read_bytes(), (tmp_path / "outTrue").read_bytes()
     assert len(set(fixed)) > 10 and fixed == flipping
@@ -488,5 +489,5 @@ def test_two_rows_side_by_side_give_each_rows_dot_bits(tmp_path, tier):
     env = dict(os.environ, LLAMA2_FASTMATH="on", LLAMA2_THREADS="1", LLAMA2_CACHE_DIR=str(tmp_path / "cache"),
                **jit.TIERS[tier])
     out = subprocess.run([sys.executable, "-c", _DOT2_CHECK, ROOT], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=HANG_TIMEOUT)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]

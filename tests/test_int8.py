@@ -9,7 +9,7 @@ import pytest
 
 import model
 from checkpoints import quantize_groups, random_weights, write_checkpoint, write_tokenizer
-from conftest import ROOT, SHARED_MODELS
+from conftest import HANG_TIMEOUT, ROOT, SHARED_MODELS
 from reference import Q8NumpyModel, matmul_q8, quantize_q8
 
 F = np.float32
@@ -175,7 +175,7 @@ def test_each_int8_dot_path_is_exact(tmp_path, path):
         pytest.skip("this CPU has no AVX2")
     from conftest import TESTS
     r = subprocess.run([sys.executable, "-c", _DOT_CHECK, ROOT, TESTS, path], env=env, capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=HANG_TIMEOUT)
     print(r.stdout)
     assert r.returncode == 0, r.stderr
 

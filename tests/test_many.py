@@ -11,7 +11,7 @@ import time
 import pytest
 
 from checkpoints import random_weights, write_checkpoint, write_tokenizer
-from conftest import ROOT
+from conftest import HANG_TIMEOUT, ROOT
 
 RUN = os.path.join(ROOT, "run.py")
 DEMO = os.path.join(ROOT, "demo", "model.bin")
@@ -28,7 +28,7 @@ def files(tmp_path_factory):
 
 
 def run_py(*args, stdin=b"", env=None):
-    r = subprocess.run([sys.executable, RUN, *map(str, args)], input=stdin, capture_output=True, timeout=600,
+    r = subprocess.run([sys.executable, RUN, *map(str, args)], input=stdin, capture_output=True, timeout=HANG_TIMEOUT,
                        env=dict(os.environ, **(env or {})))
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from checkpoints import random_weights, write_checkpoint, write_tokenizer
-from conftest import ROOT, SHARED_MODELS
+from conftest import HANG_TIMEOUT, ROOT, SHARED_MODELS
 
 C_DIR = os.environ.get("LLAMA2C_DIR", "")
 RUN_C = os.path.join(C_DIR, "run")
@@ -56,7 +56,7 @@ CASES = [
 
 
 def _run(cmd, stdin=None):
-    r = subprocess.run(cmd, capture_output=True, input=stdin, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, input=stdin, timeout=HANG_TIMEOUT)
     return r.returncode, r.stdout
 
 
