@@ -23,13 +23,13 @@ import numpy as np
 import checkpoint
 import jit
 from checkpoint import CheckpointError, Config  # noqa: F401  (part of this module's interface)
-from jit import (AMX_ROWS, AVX2, AVX512, EXP_POLY, INT8_AMX, INT8_CHUNK, INT8_DOT, LANES, ROW_PAIRS, ROW_TILE, STRICT,
-                 STRICT_ROWS, TILE, amx_configure, amx_q8_group, amx_q8_group2, amx_release, clock_ns, flane8, fma,
-                 fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub, isub_total,
-                 iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows, q8tile16_store,
-                 q8tile16_zero, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums, tile_zero,
-                 vadd, vdiv, vdot2_halves, vdot_halves, vfma, vlane, vabs, vload, vmax, vmax_total, vquantize, vsplat,
-                 vstore, vsum, vzero)
+from jit import (AMX_ROWS, AVX2, AVX512, EXP_POLY, INT8_AMX, INT8_CHUNK, INT8_DOT, LANES, PARALLEL, ROW_PAIRS, ROW_TILE,
+                 STRICT, STRICT_ROWS, TILE, amx_configure, amx_q8_group, amx_q8_group2, amx_release, clock_ns, flane8,
+                 fma, fzero8, iadd, idot32, idot32u, idot_tokens, iflip, ihsum, ihsum8, iload8, inline, isub,
+                 isub_total, iwsum32, izero, kernel, pkernel, prefetch, q8_accumulate, q8_lanes, q8_rows,
+                 q8tile16_store, q8tile16_zero, row_tile_zero, rows_strict, tile_fma, tile_get, tile_muladd, tile_sums,
+                 tile_zero, vadd, vdiv, vdot2_halves, vdot_halves, vfma, vlane, vabs, vload, vmax, vmax_total,
+                 vquantize, vsplat, vstore, vsum, vzero)
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -530,8 +530,9 @@ def matmuls(x, xt, o1, w1, o2, w2, o3, w3, serial):
     n1 = (w1.shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2.shape[0] + BLOCK - 1) // BLOCK
     n3 = (w3.shape[0] + BLOCK - 1) // BLOCK
-    if serial:  # one thread: a plain loop streams the weights a few % faster than prange on one thread
-        for b in range(n1 + n2 + n3):
+    if PARALLEL and not serial:  # PARALLEL a constant: a one-thread build compiles the loop below alone
+        for b in prange(n1 + n2 + n3):
+            # one call site: the block's code is inlined once, not once per matrix
             out, w, c = o1, w1, b
             if b >= n1 + n2:
                 out, w, c = o3, w3, b - n1 - n2
@@ -539,8 +540,7 @@ def matmuls(x, xt, o1, w1, o2, w2, o3, w3, serial):
                 out, w, c = o2, w2, b - n1
             _block(out, x, w, xt, c * BLOCK, min(c * BLOCK + BLOCK, w.shape[0]))
         return
-    for b in prange(n1 + n2 + n3):
-        # one call site: the block's code is inlined once, not once per matrix
+    for b in range(n1 + n2 + n3):  # one thread: a plain loop streams the weights a few % faster than prange
         out, w, c = o1, w1, b
         if b >= n1 + n2:
             out, w, c = o3, w3, b - n1 - n2
@@ -892,11 +892,11 @@ def quantize(q, s, x, gs, serial=True):
 
     Rows in parallel unless serial (each row's values are the same either way).
     """
-    if serial:
-        for b in range(x.shape[0]):
+    if PARALLEL and not serial:
+        for b in prange(x.shape[0]):
             _quantize_row(q[b], s[b], x[b], gs)
     else:
-        for b in prange(x.shape[0]):
+        for b in range(x.shape[0]):
             _quantize_row(q[b], s[b], x[b], gs)
 
 
@@ -1253,12 +1253,12 @@ def _blocks_q8(xq, xs, xst, xqt, xqsum, o1, w1, o2, w2, o3, w3, serial, tiles):
     n1 = (w1[0].shape[0] + BLOCK - 1) // BLOCK
     n2 = (w2[0].shape[0] + BLOCK - 1) // BLOCK
     n = n1 + n2 + (w3[0].shape[0] + BLOCK - 1) // BLOCK
-    if serial:
-        for b in range(n):
+    if PARALLEL and not serial:  # as in matmuls: a one-thread build compiles only the plain loop (int8: 77 -> 40 s)
+        for b in prange(n):
             out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
             _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, tiles)
         return
-    for b in prange(n):
+    for b in range(n):
         out, w, i0, i1 = _nth_block(b, n1, n2, o1, w1, o2, w2, o3, w3)
         _block_q8(out, xq, xs, xst, xqt, xqsum, w[0], w[1], i0, i1, tiles)
 
