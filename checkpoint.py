@@ -197,7 +197,7 @@ def read(path, mmap=True):
     share the pages); mmap=False reads it into memory, also read-only.
     """
     h = check(path)
-    raw = _file_bytes(path, mmap, h.header_bytes)
+    raw = _file_bytes(path, mmap, h)
     off = h.header_bytes
 
     def take(n, dtype, shape):
@@ -230,8 +230,14 @@ def read(path, mmap=True):
     return h, t
 
 
-def _file_bytes(path, mmap, first):
-    """The whole file as one read-only uint8 array: mapped, or read into memory with byte `first` on a cache line.
+def line_aligned(raw, n, first=0):
+    """n bytes of raw (at least n + 64 long), placed so that byte `first` of them starts a 64-byte cache line."""
+    start = -(raw.ctypes.data + first) % 64
+    return raw[start:start + n]
+
+
+def _file_bytes(path, mmap, h):
+    """The whole file as one read-only uint8 array: mapped, or read into memory with its tensors on cache lines.
 
     A mapping starts on a page, so a version 0 file's tensors (after its
     28-byte header) start 28 bytes into a line; read into memory, they are
@@ -242,17 +248,10 @@ def _file_bytes(path, mmap, first):
         m = np.memmap(path, dtype=np.uint8, mode="r")
         _advise_huge_pages(m)
         return np.asarray(m)
-    size = os.path.getsize(path)
-    buf = np.empty(size + 64, np.uint8)  # numpy asks for huge pages itself
-    start = -(buf.ctypes.data + first) % 64
-    a = buf[start:start + size]
+    a = line_aligned(np.empty(h.file_size + 64, np.uint8), h.file_size, h.header_bytes)  # numpy asks for huge pages
     with open(path, "rb") as f:
-        got = 0
-        while got < size:
-            n = f.readinto(a[got:])
-            if not n:
-                raise CheckpointError(f"checkpoint {path}: the file shrank while it was read")
-            got += n
+        if f.readinto(a) != h.file_size:  # a buffered read of a regular file fills a or stops at its end
+            raise CheckpointError(f"checkpoint {path}: the file shrank while it was read")
     a.flags.writeable = False  # the same array type as a mapping: one set of compiled kernels serves both
     return a
 

@@ -122,9 +122,8 @@ def _zeros(shape, dtype):
     with the rows aligned (Intel Xeon, AVX-512, one thread; benchmarks/RESULTS.md).
     """
     n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.zeros(n + 64, np.uint8)  # calloc underneath: a large KV cache is still touched only when used
-    start = -raw.ctypes.data % 64
-    return raw[start:start + n].view(dtype).reshape(shape)
+    # calloc underneath: a large KV cache is still touched only when used
+    return checkpoint.line_aligned(np.zeros(n + 64, np.uint8), n).view(dtype).reshape(shape)
 
 
 def malloc_run_state(p, rows=1, seqs=1, group_size=0):
